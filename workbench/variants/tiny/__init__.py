@@ -1,1 +1,1 @@
-"""Tiny-parameter and structural variants: SVFit, LoLDU, Comp-LoRA (and, to come, Block-LoRA, S2-LoRA, TLoRA)."""
+"""Tiny-parameter and structural variants: SVFit, LoLDU, Comp-LoRA, S2-LoRA, Block-LoRA, TLoRA."""

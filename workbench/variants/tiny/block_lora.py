@@ -7,8 +7,13 @@ up-projection B (the "arms") stays per layer. Then ΔW = s·B [Ā … Ā] and Δ
 summed and multiplied once, turning n matrix products into additions. Init as LoRA (Ā Kaiming-uniform, B = 0);
 r·d_out per layer plus r·d_in/n shared.
 
-Not confirmed (the notes mark it as a reading of the abstract; no code found): that the blocks are column blocks of
-A tied within a layer *and* shared across layers; the rank-axis reading ((ΣB_i)Ā) would be a plain smaller LoRA.
+What was checked: the abstract ("partitions the low-rank decomposition matrix of LoRA into a series of sub-matrices
+while sharing all down-projection sub-matrices", "transforms certain complex matrix multiplication operations into
+simpler matrix addition") and a third-party summary ("partitioning the LoRA update ΔW = AB into n blocks and sharing a
+down-projection A_s"). The method section and code were not available. Not confirmed: that the blocks are column
+blocks of A tied within a layer *and* shared across layers (the rank-axis reading (ΣB_i)Ā would be a plain smaller
+LoRA); a summary's "≈60% fewer parameters than CLIP-LoRA" is not what this reading gives (r·d_out per layer plus the
+shared heads: ≈50% fewer than LoRA's r(d_in + d_out) on square layers), so the paper may differ in a detail.
 """
 
 from __future__ import annotations

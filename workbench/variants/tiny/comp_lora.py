@@ -5,8 +5,11 @@ of the top-k left singular subspace of W0 (W0 = U Σ Vᵀ): ΔW = s·P_⊥ B A w
 the pretrained model relies on most are not overwritten. The projection is applied in the forward pass, so it holds
 exactly at every step; B = 0 and A Kaiming-uniform as in LoRA; r(d_in + d_out) parameters per layer.
 
-Not confirmed (the paper's code was not found; the notes mark this as a reconstruction): projecting on the left only
-(the paper may also project A on the right), and the choice of k (a hyper-parameter here, not an energy threshold).
+What was checked: the abstract ("we optimize the low rank matrix in the complementary subspace, thus preserving the
+general vision language alignment ability") and summaries (an SVD of the pretrained weight; no extra parameters).
+The method section and code were not available. Not confirmed: projecting on the left only (the paper may also project
+A on the right with I − V_k V_kᵀ, or initialise A, B from the complementary singular vectors instead of projecting),
+and the choice of k (a hyper-parameter here, not an energy threshold).
 """
 
 from __future__ import annotations

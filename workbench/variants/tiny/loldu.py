@@ -6,6 +6,11 @@ W = P L U (``torch.linalg.lu``), with the diagonal split out, D = diag(U), Ū = 
 equivalently W_eff = W_res + s·P L_r diag(z) Ū_r with the frozen residual W_res = W − s·P L_r diag(D_r) Ū_r).
 s = α/r with α = 1 (``from_linear``'s default). P L_r and Ū_r are frozen and saved with the adapter.
 
+Checked against github.com/SKDDJ/LoLDU (``minloldu/loldu.py``, ``LoLDUParametrization``): ``ldu_decomposition``,
+the residual ``W − s·P L_r diag(D_r) U_r``, the forward ``W_res + s·P L_r diag(z) U_r``, ``init_method="lu"``
+(z = D_r) and the trainable filter ``name_is_loldu`` (z only; the scale is a Parameter there but not trained). Rank:
+the code's class default is 4, its ``default_loldu_config`` 768 (full rank for 768-wide models) and the README
+example 15; we default to 16. We keep ΔW in factored form instead of rewriting W, which is the same map.
 Not included: the paper's ablations (a trainable scale, other z initialisations).
 """
 

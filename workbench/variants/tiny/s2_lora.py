@@ -6,8 +6,12 @@ each weight ℓ keeps only a rank-coefficient vector λ_ℓ ∈ R^r: ΔW_ℓ = s
 are kept sparse by an L1 penalty, applied here as its proximal step after every update (SoRA's soft threshold,
 λ ← sign(λ)·max(|λ| − η·γ, 0)), which gives exact zeros. Init: A Kaiming-uniform, B = 0, λ = 1; s = α/r.
 
-Not confirmed (paper text only): the exact form and strength of the sparsity penalty (the notes allow the proximal
-form) and whether layers of different shapes share anything (here: one pair per shape).
+What was checked: the abstract ("the two low-rank decomposed matrices are globally shared. Each weight matrix only has
+to maintain its specific rank coefficients that are constrained to be sparse"; AdaLoRA's learnable rank coefficients
+as the motivation). The method section was not available and no code was found. Not confirmed: the exact form and
+strength of the sparsity constraint (γ = 0.1 is our choice; the notes allow the proximal form), any AdaLoRA-style
+orthogonality term, and what "globally" means for layers of different shapes (here: one pair per shape, so a model
+whose targets share one shape, like Whisper's attention projections, gets exactly one pair).
 """
 
 from __future__ import annotations

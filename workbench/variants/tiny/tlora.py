@@ -1,20 +1,29 @@
 """TLoRA: Transformed LoRA via tensor decomposition.
 
-Tao et al., ICCV 2025. The fine-tuned weight is W′ = W0·T + Δ (input-side transform plus residual), with both parts in
-compact tensor forms:
+Tao, Takida, Murata, Zhao, Mitsufuji, ICCV 2025, arXiv:2501.08727, §3. The fine-tuned weight is W′ = W0·T + s·Δ
+(input-side transform plus residual), with both parts in compact tensor forms:
 
-* T (d_in × d_in) in tensor-ring-matrix form: d_in = ∏_d J_d, cores A^d ∈ R^{J_d×J_d×R×R} and
-  T[(i_1…i_D), (j_1…j_D)] = tr(∏_d A^d[i_d, j_d]); A^d[:, :, r, r′] = I/R at init, which makes T = I exactly;
-* Δ (d_out × d_in) in tensor-ring form: output cores B^d ∈ R^{I_d×R×R}, input cores C^d ∈ R^{J_d×R×R},
-  Δ[i, j] = tr(∏_d B^d[i_d] · ∏_d C^d[j_d]); B¹ = 0 (Δ = 0 at init), the other cores N(0, 1/R) (our choice for the
-  notes' "μP-style" σ, which was not confirmed);
-* regularizer: the identity penalty γ·Σ_{d,r,r′} ‖A^d[:, :, r, r′] − I/R‖_F (the paper prefers it to orthogonality).
+* T (d_in × d_in) in tensor-ring-matrix (TRM) form: d_in = ∏_d J_d, cores A^d ∈ R^{J_d×J_d×R×R} and
+  T[(i_1…i_D), (j_1…j_D)] = tr(∏_d A^d[i_d, j_d]); A^d[:, :, r, r′] = I/R at init (Proposition 1), so T = I exactly.
+  With R = 1 the TRM is the Kronecker product of the cores (the official code's ``transform_rank=1`` branch).
+* Δ (d_out × d_in) in tensor-ring (TR) form: output cores B^d ∈ R^{I_d×r×r}, input cores C^d ∈ R^{J_d×r×r},
+  Δ[i, j] = tr(∏_d B^d[i_d] · ∏_d C^d[j_d]) (the code's ``ttv`` residual); B¹ = 0 so Δ = 0 at init.
+* s = α/√r (the code calls the layer with ``use_rslora=True``), α = 1.
+* Optional identity penalty γ·Σ_{d,r,r′} ‖A^d[:, :, r, r′] − I/R‖_F (§3, "better than orthogonality").
+
+Checked against the code published with the paper (README "Code for the paper", copied at github.com/marcocst/PEFTDiff,
+``subject-driven-generation/utils/attention_processor.py``, ``TTMLoRALinearLayer``): the TRM contraction, the
+identity init, W0 @ T + scaling·Δ, s = α/√r, and the residual init (B¹ = 0, B^d ~ N(0, (√I_d / r²)²) for d > 1,
+C^d ~ N(0, 1/J_d)); that code — not the paper's μP rule σ = Θ(√n_out/n_in) — fixes our init. Its training script
+uses no identity penalty (AdamW, weight decay 1e-4), so γ defaults to 0 here; rank 1 and transform rank 1 are its
+defaults (with a plain LoRA residual, which we do not offer: TLoRA proper is TRM + TR). Core sizes: the code uses a
+hand-written table (768 → 8·8·12); we factor each width into ``cores`` balanced factors.
 
 T is dense and full rank, so W0·T can rotate and rescale all of W0's input directions; DoRA is the special case of a
 diagonal T. Not a linear delta in DESIGN.md's sense (the update multiplies W0), but the layer is still an exact linear
-map with effective weight W0·T + Δ, which ``effective_weight()`` returns; ``delta_weight()`` is W0(T − I) + Δ.
-Cost: T and Δ are assembled once per step (d_in²·R² and d_out·d_in·R²) and the layer runs one matmul.
-Not confirmed: the official code (only a third-party copy of its README was found), σ of the Δ cores, γ.
+map with effective weight W0·T + s·Δ, which ``effective_weight()`` returns; ``delta_weight()`` is W0(T − I) + s·Δ and
+merge keeps a backup. Cost: T and Δ are assembled once per step (d_in²·R² and d_out·d_in·r²) and the layer runs one
+matmul. Not confirmed: the γ the paper used when it did use the penalty.
 """
 
 from __future__ import annotations
@@ -27,15 +36,17 @@ from torch import nn
 
 from ...variant import DenseDeltaLayer, Variant, VariantConfig, param, register
 
-PAPER = "Tao et al., 2025, Transformed Low-rank Adaptation via Tensor Decomposition, ICCV 2025"
+PAPER = ("Tao, Takida, Murata, Zhao, Mitsufuji, 2025, Transformed Low-rank Adaptation via Tensor Decomposition and Its "
+         "Applications to Text-to-image Models, ICCV 2025, arXiv:2501.08727")
 
 
 @dataclass
 class TLoRAConfig(VariantConfig):
     cores: int = param(3, low=1, high=8, help="D: number of tensor cores each dimension is factored into")
     r: int = param(2, low=1, high=16, help="tensor-ring rank of the residual Δ")
-    transform_rank: int = param(2, low=1, high=16, help="tensor-ring-matrix rank R of the transform T")
-    identity_reg: float = param(1e-2, low=0.0, help="γ of the identity penalty on T's cores")
+    transform_rank: int = param(1, low=1, high=16, help="tensor-ring-matrix rank R of the transform T (code: 1)")
+    alpha: float = param(1.0, low=0, low_open=True, help="residual scale numerator: s = alpha / sqrt(r) (code: 1)")
+    identity_reg: float = param(0.0, low=0.0, help="γ of the identity penalty on T's cores (code: none)")
 
 
 def factorize(n: int, parts: int) -> list[int]:
@@ -72,11 +83,13 @@ class TLoRALayer(DenseDeltaLayer):
         self.I = factorize(base.out_features, config.cores)
         R, r = config.transform_rank, config.r
         eye = [torch.eye(j)[:, :, None, None].expand(j, j, R, R) / R for j in self.J]
-        self.T_cores = nn.ParameterList(nn.Parameter(e.clone().to(dev, dt)) for e in eye)
-        std = 1 / math.sqrt(r)
-        self.B_cores = nn.ParameterList(nn.Parameter((torch.zeros if d == 0 else torch.randn)(i, r, r).mul(
-            1 if d == 0 else std).to(dev, dt)) for d, i in enumerate(self.I))
-        self.C_cores = nn.ParameterList(nn.Parameter((torch.randn(j, r, r) * std).to(dev, dt)) for j in self.J)
+        self.T_cores = nn.ParameterList(nn.Parameter(e.clone()) for e in eye)
+        # official init: B¹ = 0, B^d ~ N(0, (√I_d / r²)²) for d > 1, C^d ~ N(0, 1/J_d)
+        self.B_cores = nn.ParameterList(
+            nn.Parameter(torch.zeros(i, r, r) if d == 0 else torch.randn(i, r, r) * (math.sqrt(i) / r ** 2))
+            for d, i in enumerate(self.I))
+        self.C_cores = nn.ParameterList(nn.Parameter(torch.randn(j, r, r) / math.sqrt(j)) for j in self.J)
+        self.to(dev, dt)
 
     def transform(self) -> torch.Tensor:
         """T (d_in × d_in): trace over the ring of the TRM cores."""
@@ -85,12 +98,16 @@ class TLoRALayer(DenseDeltaLayer):
             out = torch.einsum("ijab,klbc->ikjlac", out, core).flatten(0, 1).flatten(1, 2)
         return torch.diagonal(out, dim1=-2, dim2=-1).sum(-1)
 
+    @property
+    def scaling(self) -> float:
+        return self.config.alpha / math.sqrt(self.config.r)
+
     def residual(self) -> torch.Tensor:
-        """Δ (d_out × d_in) = tr(∏B[i] ∏C[j])."""
+        """Δ (d_out × d_in) = tr(∏B[i] ∏C[j]), before the scale s."""
         return torch.einsum("iab,jba->ij", ring_chain(list(self.B_cores)), ring_chain(list(self.C_cores)))
 
     def effective_weight(self) -> torch.Tensor:
-        return self.base.weight @ self.transform() + self.residual()
+        return self.base.weight @ self.transform() + self.scaling * self.residual()
 
     def delta_weight(self) -> torch.Tensor:
         return self.effective_weight() - self.base.weight
@@ -103,15 +120,16 @@ class TLoRALayer(DenseDeltaLayer):
 
 @register("tlora", family="tiny", paper=PAPER)
 class TLoRA(Variant):
-    summary = ("Transform the pretrained weight instead of only adding to it: W' = W0·T + Δ, with a full-rank "
+    summary = ("Transform the pretrained weight instead of only adding to it: W' = W0·T + s·Δ, with a full-rank "
                "input transform T (starting at the identity) and a residual Δ, both stored as chains of small "
                "tensor cores, so a full-rank change costs a few hundred parameters per layer.")
-    formula = r"$W' = W_0\,T + \Delta,\quad T = \mathrm{TRM}(A^1,\dots,A^D)\ (=I\ \text{at init}),\ \Delta = \mathrm{TR}(B, C)$"
+    formula = r"$W' = W_0\,T + \frac{\alpha}{\sqrt r}\Delta,\quad T = \mathrm{TRM}(A^1,\dots,A^D)\ (=I\ \text{at init}),\ \Delta = \mathrm{TR}(B, C)$"
     Config = TLoRAConfig
     Layer = TLoRALayer
     example_config = {"cores": 2, "r": 2, "transform_rank": 2}
-    notes = ("Δ cores ~ N(0, 1/r) and γ = 1e-2 are our choices (the official code was not found); not a linear "
-             "delta: effective_weight() = W0·T + Δ.")
+    notes = ("Init, s = α/√r and the TRM/TR contractions follow the code published with the paper; γ = 0 as in its "
+             "training script (the penalty's strength in the paper is not confirmed); not a linear delta: "
+             "effective_weight() = W0·T + s·Δ.")
 
     def regularizer(self, adaptation):
         if self.config.identity_reg == 0:
