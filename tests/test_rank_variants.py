@@ -16,17 +16,22 @@ ALLOCATION_SETTINGS = {  # fixed seed 0, synthetic:mixed (true ranks 8, 1, 16, 0
     "sora": dict(steps=800, lr=1e-2, r=16, lam=0.5),
     "adalora": dict(steps=800, lr=3e-2, r=16, target_r=6, tinit=200, tfinal=100, delta_t=10),
     "bayesian-lora": dict(steps=800, lr=3e-2, r=16, prior=0.03),
+    "increlora": dict(steps=600, lr=1e-2, target_rank=6, warmup=100, interval=60, top_h=2),
 }
+# IncreLoRA grows from rank 1 and, on the chained layers, rewards the layers that compensate for their neighbours
+# (test_increlora_rank_one_start_learns_the_compensating_layer_first); it is held to the truth on parallel layers
+CASES = [(v, layout) for v in sorted(ALLOCATION_SETTINGS) for layout in ("chain", "parallel")
+         if (v, layout) != ("increlora", "chain")]
 
 
-@pytest.mark.parametrize("variant", sorted(ALLOCATION_SETTINGS))
-def test_allocated_rank_follows_true_rank(variant):
-    task = wb.tasks.get("synthetic:mixed")
+@pytest.mark.parametrize("variant,layout", CASES)
+def test_allocated_rank_follows_true_rank(variant, layout):
+    task = wb.tasks.get("synthetic:mixed", layout=layout)
     truth = task.true_ranks()
     run = wb.train(task, variant, probes=["ranks"], every=100, progress=False, **ALLOCATION_SETTINGS[variant])
     allocated = {n: float(layer.inspect()["rank"]) for n, layer in run.adaptation.named_layers()}
     rho = spearmanr([truth[n] for n in truth], [allocated[n] for n in truth]).correlation
-    assert rho > 0.5, f"{variant}: allocated {allocated} vs true {truth} (Spearman {rho:.2f})"
+    assert rho > 0.5, f"{variant} ({layout}): allocated {allocated} vs true {truth} (Spearman {rho:.2f})"
     heat = run.metrics[(run.metrics.probe == "ranks") & (run.metrics.key == "rank")]
     assert heat.module.nunique() == 6  # the allocation heatmap has every module
 

@@ -62,6 +62,19 @@ def test_mixed_has_the_advertised_ranks():
         assert int(torch.linalg.matrix_rank(delta)) == ranks[name]
 
 
+def test_parallel_layout_judges_each_layer_on_its_own_update():
+    task = wb.tasks.get("synthetic:mixed", layout="parallel")
+    model, x = task.model(), torch.randn(5, 64)
+    with torch.no_grad():
+        expected = torch.cat([model.layers[i](x) for i in range(6)], dim=-1)  # side by side on the same input
+        torch.testing.assert_close(model(x), expected)
+    assert task.evaluate(model)["rel_error"] > 0.01
+    assert task.evaluate(_apply_truth(task))["rel_error"] < 1e-10
+    assert task.true_ranks() == wb.tasks.get("synthetic:mixed").true_ranks()  # the same six updates
+    with pytest.raises(wb.ConfigError, match="layout must be one of 'chain', 'parallel'"):
+        wb.tasks.get("synthetic:mixed", layout="tree")
+
+
 def test_bad_names_and_options_are_config_errors():
     with pytest.raises(wb.ConfigError, match="did you mean 'synthetic:lowrank'"):
         wb.tasks.get("synthetic:lowrnak")

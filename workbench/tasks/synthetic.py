@@ -17,6 +17,11 @@ Every structure but ``mixed`` is scaled to the same energy, ‖ΔW‖_F = streng
 * ``lowrank+sparse`` half of each;
 * ``mixed``          six layers whose updates have different ranks (``true_ranks()``), one with none at all, so
                      that rank-allocation methods have something to find.
+
+Layouts: ``chain`` (the default) stacks the layers, so an adapter on one layer can partly make up for another's
+missing update; ``parallel`` feeds the same input to every layer and concatenates their outputs, so each layer is
+judged on its own update alone. Growth-from-rank-1 methods (IncreLoRA) allocate by the truth on ``parallel`` and
+not on ``chain``, where the compensating layers score highest (notebook 02).
 """
 
 from __future__ import annotations
@@ -36,14 +41,21 @@ STRUCTURES = ("lowrank", "fullrank", "dct", "wht", "sparse", "lowrank+sparse", "
 MIXED_RANKS = (8, 1, 16, 0, 4, 2)
 
 
-class MLP(nn.Module):
-    """``depth`` square linear layers with tanh between them (none after the last)."""
+LAYOUTS = ("chain", "parallel")
 
-    def __init__(self, dim: int, depth: int):
+
+class MLP(nn.Module):
+    """``depth`` square linear layers: with tanh between them (none after the last), or side by side on the same
+    input with their outputs concatenated (``parallel``)."""
+
+    def __init__(self, dim: int, depth: int, parallel: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
+        self.parallel = parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.parallel:
+            return torch.cat([layer(x) for layer in self.layers], dim=-1)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
@@ -96,7 +108,7 @@ class SyntheticTask(Task):
 
     def __init__(self, structure: str = "lowrank", *, dim: int = 64, depth: int | None = None, rank: int = 4,
                  n_coefficients: int | None = None, strength: float = 1.0, decay: float = 1.0, noise: float = 0.0,
-                 n_train: int = 4096, n_val: int = 1024, seed: int = 0):
+                 n_train: int = 4096, n_val: int = 1024, layout: str = "chain", seed: int = 0):
         name = f"synthetic:{structure}"
         check_option(name, "structure", structure, choices=STRUCTURES)
         check_option(name, "dim", dim, 4, 1024)
@@ -112,10 +124,12 @@ class SyntheticTask(Task):
         check_option(name, "noise", noise, 0.0, 10.0, kind=float)
         check_option(name, "n_train", n_train, 64, 1_000_000)
         check_option(name, "n_val", n_val, 16, 1_000_000)
+        check_option(name, "layout", layout, choices=LAYOUTS)
         check_option(name, "seed", seed, 0, None)
         self.name, self.structure = name, structure
         self._options = {"dim": dim, "depth": depth, "rank": rank, "n_coefficients": n_coefficients,
-                         "strength": strength, "decay": decay, "noise": noise, "n_train": n_train, "n_val": n_val, "seed": seed}
+                         "strength": strength, "decay": decay, "noise": noise, "n_train": n_train, "n_val": n_val, "layout": layout,
+                         "seed": seed}
         g = torch.Generator().manual_seed(seed)
         # a spread spectrum (1.5 → 0.5) keeps activations at unit scale and makes W0's singular vectors unique,
         # which intruder-dimension counts need (an orthogonal W0 has every basis as singular vectors)
@@ -129,7 +143,8 @@ class SyntheticTask(Task):
             for n, d in self._deltas.items():
                 teacher.get_submodule(n).weight.add_(d)
             x = torch.randn(n_train + n_val, dim, generator=g)
-            y = teacher(x) + noise * torch.randn(n_train + n_val, dim, generator=g)
+            y = teacher(x)
+            y = y + noise * torch.randn(y.shape, generator=g)
         self._x = {"train": x[:n_train], "val": x[n_train:]}
         self._y = {"train": y[:n_train], "val": y[n_train:]}
         self._y_var = float(self._y["val"].var())
@@ -163,7 +178,7 @@ class SyntheticTask(Task):
     # -- the Task protocol ------------------------------------------------------------------------------------
     def model(self) -> nn.Module:
         dim, depth = self._options["dim"], self._options["depth"]
-        m = MLP(dim, depth)
+        m = MLP(dim, depth, parallel=self._options["layout"] == "parallel")
         with torch.no_grad():
             for n, w in self._base.items():
                 m.get_submodule(n).weight.copy_(w)
@@ -214,7 +229,9 @@ class SyntheticTask(Task):
                 "sparse": f"an update with {o['n_coefficients']} non-zero entries",
                 "lowrank+sparse": f"a rank-{o['rank']} plus a sparse update",
                 "mixed": f"updates of different ranks per layer ({', '.join(map(str, MIXED_RANKS))})"}[self.structure]
-        return (f"**{self.name}**: a frozen {o['depth']}-layer MLP ({o['dim']}×{o['dim']} linears, tanh between). "
+        net = (f"a frozen {o['depth']}-layer MLP ({o['dim']}×{o['dim']} linears, tanh between)" if o["layout"] == "chain"
+               else f"{o['depth']} frozen {o['dim']}×{o['dim']} linears side by side on the same input")
+        return (f"**{self.name}**: {net}. "
                 f"The teacher adds {what} to each layer; the adapter must recover it from input/output pairs. "
                 f"Metric: relative error (MSE / Var(y)), 0 is perfect. The true ΔW is known, so spectra and "
                 f"subspace similarity are measured against it.")

@@ -33,7 +33,8 @@ On ``synthetic:mixed`` its allocation does not follow the true ranks (Spearman f
 update is zero has ‖ΔW‖ = 0.83, the rank-8 and rank-16 layers 0.01 and 0.04; without the orthogonality penalty all
 layers move, and the zero layer still has the largest ΔW (1.65). The score Σ|ΔW ⊙ G|, how much a module's current
 adapter contributes, then grows the modules that compensate. Methods that start wide and prune (SoRA, AdaLoRA)
-see every layer's own update first.
+see every layer's own update first. On the same six updates laid side by side (``layout="parallel"``), where no
+layer can compensate for another, the allocation follows the truth: Spearman 0.94, 0.83, 0.83, 0.83 (seeds 0–3).
 """
 
 from __future__ import annotations
@@ -190,8 +191,9 @@ class IncreLoRA(Variant):
     dynamic = True
     example_config = {"target_rank": 4, "warmup": 1, "interval": 2}
     notes = ("Score, scale, selection, reserves and the new ranks' own optimizer group (fresh moments, warmup) "
-             "follow the official code. On synthetic:mixed its allocation does not track the true ranks: growing "
-             "from rank 1, the layers that compensate for their neighbours score highest (notebook 02).")
+             "follow the official code. On synthetic:mixed's chain its allocation does not track the true ranks: "
+             "growing from rank 1, the layers that compensate for their neighbours score highest; on "
+             "layout='parallel' it does (notebook 02).")
 
     def __init__(self, config):
         super().__init__(config)
