@@ -190,10 +190,11 @@ def test_adalora_matches_peft_forward_regularizer_budget_and_masks():
     assert sum(int(layer.inspect()["rank"]) for _, layer in ad.named_layers()) == 6  # target_r x modules
 
 
-def test_squeeze_is_the_best_rank_k_approximation():
+@pytest.mark.parametrize("rescale", ["keep", "alpha"])
+def test_squeeze_is_the_best_rank_k_approximation(rescale):
     from workbench.variants.rank.squeeze import squeeze
 
-    ad = wb.adapt(tiny_model(), "lora-squeeze", ["0", "2"], r=8, target_r=3, mode="none")
+    ad = wb.adapt(tiny_model(), "lora-squeeze", ["0", "2"], r=8, target_r=3, mode="none", rescale=rescale, alpha=8.0)
     with torch.no_grad():
         for _, layer in ad.named_layers():
             layer.lora_B.normal_()
@@ -205,6 +206,7 @@ def test_squeeze_is_the_best_rank_k_approximation():
         torch.testing.assert_close(layer.delta_weight().detach(), best, atol=1e-4, rtol=1e-4)
         assert layer.lora_A.shape[0] == 3 and 0 < energy[name] < 1
         assert energy[name] == pytest.approx(float((s[:3] ** 2).sum() / (s ** 2).sum()), rel=1e-4)
+        assert layer.scaling == (8.0 / 8 if rescale == "keep" else 8.0 / 3)  # α/r_src kept, or α/r_tgt
 
 
 @pytest.mark.parametrize("mode,ranks", [("post", [16, 4]), ("in", [16, 8, 4])])
