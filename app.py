@@ -24,6 +24,7 @@ THEME = gr.themes.Default(font=["system-ui", "Segoe UI", "Helvetica", "Arial", "
                           font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
 POLL_SECONDS = 0.3
 CSS = ".status {min-height: 2.5em}"
+TASK_OPTIONS_HINT = "optional key=value pairs, e.g. layout=parallel, noise=0.1 (a wrong key lists the valid ones)"
 
 
 def _safe(fn, n_outputs: int):
@@ -62,6 +63,7 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         with gr.Tab("Train"):
             with gr.Row():
                 task = gr.Dropdown(task_list, value="synthetic:lowrank", label="task")
+                task_opts = gr.Textbox("", label="task options", placeholder=TASK_OPTIONS_HINT)
                 variant = gr.Dropdown(variants, value="lora", label="variant")
             config = gr.Dataframe(config_table("lora"), label="hyper-parameters (edit the value column)",
                                   interactive=True, static_columns=[0, 2, 3], wrap=True)
@@ -85,6 +87,7 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         with gr.Tab("Compare"):
             with gr.Row():
                 cmp_task = gr.Dropdown(task_list, value="synthetic:lowrank", label="task")
+                cmp_task_opts = gr.Textbox("", label="task options", placeholder=TASK_OPTIONS_HINT)
                 cmp_seeds = gr.Textbox("0", label="seeds (comma-separated)")
                 cmp_steps = gr.Textbox("200", label="steps")
                 cmp_lr = gr.Textbox("0.01", label="learning rate (a number, or 'sweep')")
@@ -162,7 +165,8 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                    show_progress="hidden")
 
         variant.change(lambda v: config_table(v), variant, config)
-        run_btn.click(_safe(cb.start_training, 1), [task, variant, config, steps, lr, seed, batch, every, root],
+        run_btn.click(_safe(cb.start_training, 1),
+                      [task, variant, config, steps, lr, seed, batch, every, root, task_opts],
                       train_job)
         stop_btn.click(cb.stop_job, train_job, train_status)
 
@@ -175,7 +179,8 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         timer.tick(poll_train, [train_job, train_seen],
                    [train_status, loss_plot, grad_plot, spec_plot, alloc_plot, train_seen], show_progress="hidden")
 
-        cmp_btn.click(_safe(cb.start_comparison, 1), [cmp_task, cmp_variants, cmp_seeds, cmp_steps, cmp_lr, root],
+        cmp_btn.click(_safe(cb.start_comparison, 1),
+                      [cmp_task, cmp_variants, cmp_seeds, cmp_steps, cmp_lr, root, cmp_task_opts],
                       cmp_job)
 
         def poll_compare(job_id, seen, module):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import workbench as wb
 from workbench.dashboard import callbacks as cb
@@ -56,6 +57,14 @@ def test_bad_training_input_starts_nothing(tmp_path):
         cb.start_comparison("synthetic:lowrank", [], "0", 10, "0.01", str(tmp_path))
     with pytest.raises(wb.ConfigError, match="seeds"):
         cb.start_comparison("synthetic:lowrank", ["lora"], "one", 10, "0.01", str(tmp_path))
+    with pytest.raises(wb.ConfigError, match="task option 'layout' is invalid; write key=value pairs"):
+        cb.start_training("synthetic:mixed", "lora", config_table("lora"), 10, 0.01, 0, 32, 5, str(tmp_path),
+                          "layout")
+    with pytest.raises(wb.ConfigError, match="unexpected keyword argument 'layot'; valid options: dim, depth"):
+        cb.start_comparison("synthetic:mixed", ["lora"], "0", 10, "0.01", str(tmp_path), "layot=parallel")
+    with pytest.raises(wb.ConfigError, match="layout must be one of 'chain', 'parallel'"):
+        cb.start_training("synthetic:mixed", "lora", config_table("lora"), 10, 0.01, 0, 32, 5, str(tmp_path),
+                          "layout=tree")
     assert len(jobs._JOBS) == before
     assert cb.runs_table(str(tmp_path)).empty
 
@@ -80,6 +89,20 @@ def test_training_job_streams_saves_and_is_inspectable(tmp_path):
     assert [Path(f).suffix for f in files] == [".zip", ".csv", ".zip"]
     assert pd.read_csv(files[1]).shape[1] == 5
     assert "Deleted" in cb.delete_run(root, run_id) and cb.run_choices(root) == []
+
+
+def test_task_options_reach_the_run_and_its_inspection(tmp_path):
+    root = str(tmp_path)
+    job = wait(cb.start_training("synthetic:mixed", "lora", config_table("lora"), "20", "0.01", "0", "32", "10", root,
+                                 "layout=parallel, noise=0.05"))
+    assert job.error is None and job.run.status == "completed"
+    (run_id,) = cb.run_choices(root)
+    saved = cb.load_run(root, run_id)
+    assert saved.config["task_options"]["layout"] == "parallel" and saved.config["task_options"]["noise"] == 0.05
+    task = cb.task_of(saved)
+    assert task.options()["layout"] == "parallel" and task.model()(torch.randn(2, 64)).shape == (2, 6 * 64)
+    fig, text = cb.compute_landscape(root, run_id, "delta", "1", "3", "0.5")  # rebuilt on the parallel task
+    assert "sharpness" in text
 
 
 def test_two_jobs_at_once_do_not_mix(tmp_path):

@@ -22,7 +22,7 @@ from ..runs import Run, RunStore
 from ..train import train
 from ..variant import ConfigError, get_variant, variants
 from . import jobs
-from .forms import parse_config, parse_number
+from .forms import parse_config, parse_number, parse_task_options
 
 DEMO_TASK = "synthetic:lowrank"
 DEMO_STEPS = 150
@@ -32,9 +32,26 @@ MAX_STEPS = 20_000
 # -- shared ---------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=16)
-def get_task(name: str):
-    """Tasks are built once per process (the text task tokenizes its data set, digits pretrains a ViT)."""
-    return tasks.get(name)
+def get_task(name: str, options: tuple = ()):
+    """Tasks are built once per process and options (the text task tokenizes its data set, digits pretrains a
+    ViT); ``options`` is a sorted tuple of (key, value) pairs."""
+    return tasks.get(name, **dict(options))
+
+
+def task_from_form(name: str, options_text: Any = "") -> Any:
+    """The task chosen in a tab, with the options typed next to it (``layout=parallel, noise=0.1``)."""
+    if not name:
+        raise ConfigError("choose a task")
+    return get_task(name, tuple(sorted(parse_task_options(name, options_text).items())))
+
+
+def task_of(run: Run):
+    """The task a saved run was trained on, rebuilt with the options it recorded."""
+    options = run.config.get("task_options") or {}
+    try:
+        return get_task(run.task, tuple(sorted(options.items())))
+    except TypeError:  # an option that cannot be a cache key
+        return tasks.get(run.task, **options)
 
 
 def variant_names() -> list[str]:
@@ -84,7 +101,7 @@ def start_demo(variant: str) -> str:
 # -- Train ----------------------------------------------------------------------------------------------------
 
 def start_training(task_name: str, variant: str, config_table: Any, steps: Any, lr: Any, seed: Any,
-                   batch_size: Any, every: Any, root: str) -> str:
+                   batch_size: Any, every: Any, root: str, task_options: Any = "") -> str:
     """Validate everything first (nothing starts on bad input), then train in the background."""
     if not variant:
         raise ConfigError("choose a variant")
@@ -97,7 +114,7 @@ def start_training(task_name: str, variant: str, config_table: Any, steps: Any, 
     seed = parse_number("seed", seed, int, 0, 2**31 - 1)
     batch_size = parse_number("batch size", batch_size, int, 1, 4096)
     every = parse_number("probe every", every, int, 1, 10_000)
-    task = get_task(task_name)
+    task = task_from_form(task_name, task_options)
     # the config is checked against the task's real layer shapes before the worker starts
     cls.Config.from_kwargs(config).validate({n: (m.out_features, m.in_features) for n, m in
                                              _target_modules(task).items()})
@@ -166,7 +183,8 @@ def stop_job(job_id: str | None) -> str:
 
 # -- Compare --------------------------------------------------------------------------------------------------
 
-def start_comparison(task_name: str, chosen: list[str] | None, seeds: Any, steps: Any, lr: Any, root: str) -> str:
+def start_comparison(task_name: str, chosen: list[str] | None, seeds: Any, steps: Any, lr: Any, root: str,
+                     task_options: Any = "") -> str:
     if not chosen:
         raise ConfigError("choose at least one variant to compare")
     for v in chosen:
@@ -180,7 +198,7 @@ def start_comparison(task_name: str, chosen: list[str] | None, seeds: Any, steps
     steps = parse_number("steps", steps, int, 1, MAX_STEPS)
     rate: float | str = "sweep" if str(lr).strip().lower() == "sweep" else parse_number("learning rate", lr,
                                                                                           float, 1e-8, 1e3)
-    task = get_task(task_name)
+    task = task_from_form(task_name, task_options)
     run_store = store(root)
 
     def work(job):
@@ -274,8 +292,7 @@ def compute_landscape(root: str, run_id: str, mode: str, dims: Any, steps: Any, 
     dims = parse_number("dimensions", dims, int, 1, 2)
     steps = parse_number("grid points", steps, int, 3, 51)
     span = parse_number("span", span, float, 0.01, 10)
-    task = get_task(run.task) if not run.config.get("task_options") else tasks.get(run.task,
-                                                                                   **run.config["task_options"])
+    task = task_of(run)
     ad = run.restore(task)
     result = landscape(ad, task, mode=mode, dims=dims, steps=steps, span=span, progress=progress)
     return figures.landscape(result), (f"centre loss {result['center_loss']:.4g} · sharpness "
@@ -318,7 +335,7 @@ def download_files(root: str, run_id: str) -> list[str]:
     run.metrics.to_csv(csv, index=False)
     out.append(str(csv))
     try:
-        task = get_task(run.task)
+        task = task_of(run)
         export_dir = path / "peft"
         export_peft(run.restore(task), export_dir)
         archive = shutil.make_archive(str(path / f"{run_id}-peft"), "zip", export_dir)

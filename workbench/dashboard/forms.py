@@ -1,5 +1,5 @@
 """Config forms generated from a variant's config dataclass: one row per field with its default and allowed
-range, parsed back into typed values with errors that name the field."""
+range, parsed back into typed values with errors that name the field; and task options typed as key=value pairs."""
 
 from __future__ import annotations
 
@@ -97,3 +97,28 @@ def parse_number(name: str, text: Any, kind: type = float, low: float | None = N
     if (low is not None and value < low) or (high is not None and value > high) or value != value:
         raise ConfigError(f"{name}={value!r} is invalid; {name} must be in [{low:g}, {high:g}]")
     return value
+
+
+def _literal(raw: str) -> Any:
+    """A task option's value: an integer, a number, true/false, or else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def parse_task_options(task: str, text: Any) -> dict[str, Any]:
+    """``layout=parallel, noise=0.1`` as ``{"layout": "parallel", "noise": 0.1}``; the task itself then checks the
+    names and ranges (an unknown option or a value out of range is a :class:`ConfigError` from ``tasks.get``)."""
+    out: dict[str, Any] = {}
+    for piece in str(text or "").split(","):
+        if not piece.strip():
+            continue
+        key, sep, raw = (part.strip() for part in piece.partition("="))
+        if not sep or not key.isidentifier() or not raw:
+            raise ConfigError(f"{task}: task option {piece.strip()!r} is invalid; write key=value pairs separated by "
+                              f"commas, e.g. 'layout=parallel, noise=0.1'")
+        out[key] = _literal(raw)
+    return out

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Callable
 
 from ..variant import ConfigError
@@ -16,23 +17,30 @@ from .synthetic import STRUCTURES, SyntheticTask
 __all__ = ["get", "names", "Task"]
 
 
-def _digits(shift: str, **kw) -> Task:
-    from .digits import DigitsTask
+def _digits() -> type[Task]:
+    from .digits import DigitsTask  # imported on first use: it pulls in scikit-learn
 
-    return DigitsTask(shift, **kw)
-
-
-def _text(dataset: str, **kw) -> Task:
-    from .text import TextTask
-
-    return TextTask(dataset, **kw)
+    return DigitsTask
 
 
-_FAMILIES: dict[str, tuple[Callable[..., Task], tuple[str, ...]]] = {
-    "synthetic": (SyntheticTask, STRUCTURES),
+def _text() -> type[Task]:
+    from .text import TextTask  # imported on first use: it pulls in transformers
+
+    return TextTask
+
+
+_FAMILIES: dict[str, tuple[Callable[[], type[Task]], tuple[str, ...]]] = {
+    "synthetic": (lambda: SyntheticTask, STRUCTURES),
     "digits": (_digits, ("rotate", "invert", "classes", "continual")),
     "text": (_text, ("sst2",)),
 }
+
+
+def option_names(name: str) -> list[str]:
+    """The keyword options ``get(name, ...)`` accepts, e.g. ``dim``, ``noise``, ``layout`` for synthetic tasks."""
+    cls = _FAMILIES[str(name).partition(":")[0]][0]()
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self and the kind
+    return [p.name for p in params]
 
 
 def names() -> list[str]:
@@ -48,8 +56,9 @@ def get(name: str, **options) -> Task:
         hint = difflib.get_close_matches(str(name), names(), n=3, cutoff=0.5)
         raise ConfigError(f"unknown task {name!r}" + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
                           + f" Known: {', '.join(names())}.")
-    factory = _FAMILIES[family][0]
+    factory = _FAMILIES[family][0]()
     try:
         return factory(kind, **options)
     except TypeError as exc:  # an unknown keyword option
-        raise ConfigError(f"{name}: {exc}".replace("__init__() ", "")) from exc
+        raise ConfigError(f"{name}: {exc}".replace(".__init__()", "")
+                          + f"; valid options: {', '.join(option_names(name))}") from exc
