@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import sys
+
 import pytest
 
 import workbench as wb
@@ -38,6 +41,55 @@ def test_compare_errors():
         wb.compare(TinyTask(), ["lroa"], steps=5)
     with pytest.raises(wb.ConfigError, match="executor"):
         wb.compare(TinyTask(), ["lora"], steps=5, executor="spark")
+
+
+class FakeRay:
+    """Ray's API as compare() uses it, in process: each task's arguments and result cross a pickle round trip, as
+    they would cross to a Ray worker, so what cannot travel to a cluster fails here."""
+
+    def __init__(self):
+        self.started, self.calls = False, 0
+
+    def is_initialized(self):
+        return self.started
+
+    def init(self):
+        self.started = True
+
+    def remote(self, fn):
+        fake = self
+
+        class Handle:
+            @staticmethod
+            def remote(*args):
+                fake.calls += 1
+                return pickle.dumps(fn(*pickle.loads(pickle.dumps(args))))
+
+        return Handle
+
+    @staticmethod
+    def get(refs):
+        return [pickle.loads(r) for r in refs]
+
+
+def test_ray_executor_runs_each_training_as_a_task(tmp_path, monkeypatch):
+    ray = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    store = wb.RunStore(tmp_path)
+    cmp = wb.compare(TinyTask(), ["lora", "dora"], steps=10, lrs=(1e-3, 1e-2), lr="sweep", seeds=(0, 1),
+                     probes=(), store=store, executor="ray")
+    assert ray.started and ray.calls == 2 * 2 + 2  # the sweep at seed 0, then seed 1 at each best rate
+    assert list(cmp.table.variant) == ["lora", "lora", "dora", "dora"] and list(cmp.table.seed) == [0, 1, 0, 1]
+    assert all(run.adaptation is None and run.status == "completed" for run in cmp.runs)
+    assert len(store.list()) == 6  # the adapters are kept through the (shared) store
+    restored = store.load(cmp.runs[1].id).restore(TinyTask())
+    assert restored.num_trainable() > 0
+
+
+def test_ray_executor_without_ray_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
+    with pytest.raises(wb.ConfigError, match=r"executor='ray' needs the 'ray' package \(pip install ray\)"):
+        wb.compare(TinyTask(), ["lora"], steps=5, executor="ray")
 
 
 def test_cli_run_list_and_runs(tmp_path, capsys):

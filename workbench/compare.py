@@ -201,8 +201,8 @@ def _local_runner(task, items, steps, store, callback, common) -> list[Run]:
 
 
 def _ray_runner():
-    """Run each training as a Ray task (for clusters). Runs come back without their live adaptation; pass a
-    ``store`` on a shared filesystem to keep the adapters."""
+    """Run each training as a Ray task (for clusters). Runs come back without their live adaptation and the
+    callback sees no events from the workers; pass a ``store`` on a shared filesystem to keep the adapters."""
     try:
         import ray
     except ImportError as exc:
