@@ -190,11 +190,12 @@ def test_adalora_matches_peft_forward_regularizer_budget_and_masks():
     assert sum(int(layer.inspect()["rank"]) for _, layer in ad.named_layers()) == 6  # target_r x modules
 
 
-@pytest.mark.parametrize("rescale", ["keep", "alpha"])
-def test_squeeze_is_the_best_rank_k_approximation(rescale):
+@pytest.mark.parametrize("rescale,svd", [("keep", "randomized"), ("alpha", "randomized"), ("keep", "factored")])
+def test_squeeze_is_the_best_rank_k_approximation(rescale, svd):
     from workbench.variants.rank.squeeze import squeeze
 
-    ad = wb.adapt(tiny_model(), "lora-squeeze", ["0", "2"], r=8, target_r=3, mode="none", rescale=rescale, alpha=8.0)
+    ad = wb.adapt(tiny_model(), "lora-squeeze", ["0", "2"], r=8, target_r=3, mode="none", rescale=rescale, alpha=8.0,
+                  svd=svd)
     with torch.no_grad():
         for _, layer in ad.named_layers():
             layer.lora_B.normal_()

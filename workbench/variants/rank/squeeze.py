@@ -5,9 +5,10 @@ Vulić et al., 2026, "LoRA-Squeeze", arXiv:2602.10993. A plain LoRA is trained a
 optionally trained a little longer at r_tgt with a fresh optimizer state (Cont-Squeeze). In-Squeeze anneals the
 rank during training: it squeezes to smaller intermediate ranks at evenly spaced steps until r_tgt.
 
-``squeeze(layer, k)`` computes the SVD of ΔW exactly without building it: with B = Q_B R_B and Aᵀ = Q_A R_A,
-ΔW = Q_B (s R_B R_Aᵀ) Q_Aᵀ, so the SVD of the small r×r core gives ΔW's (the paper's memory-efficient variant; the
-paper's default is a randomised SVD of the dense ΔW, which for a rank-r matrix gives the same top-k). The kept part
+``squeeze(layer, k)`` takes the SVD of ΔW by a randomised SVD of the dense ΔW (``svd="randomized"``, the paper's
+RSVD; ``torch.svd_lowrank`` with q = r, which spans the range of the rank-r ΔW, so its top-k is exact up to
+rounding) or without building ΔW (``svd="factored"``): with B = Q_B R_B and Aᵀ = Q_A R_A, ΔW = Q_B (s R_B R_Aᵀ) Q_Aᵀ,
+so the SVD of the small r×r core gives ΔW's (the paper's memory-efficient variant). The kept part
 is split symmetrically, B′ = U_k Σ_k^{1/2}/√s′ and A′ = Σ_k^{1/2} V_kᵀ/√s′, so that s′B′A′ is the best rank-k
 approximation of ΔW (Eckart–Young).
 
@@ -50,6 +51,8 @@ class LoRASqueezeConfig(VariantConfig):
     n_squeezes: int = param(2, low=1, high=16, help="in: number of intermediate squeezes")
     dropout: float = param(0.0, low=0.0, high=0.99, help="dropout on the adapter's input (training only)")
     init: str = param("default", choices=("default", "gaussian"), help="A's init, as LoRA")
+    svd: str = param("randomized", choices=("randomized", "factored"),
+                     help="randomized: RSVD of the dense ΔW (the paper); factored: exact, through QR of B and A")
     rescale: str = param("keep", choices=("keep", "alpha"),
                          help="scale after a squeeze: keep α/r_src, or LoRA's α/(current rank)")
 
@@ -66,18 +69,30 @@ class LoRASqueezeLayer(LoRALayer):
     def scaling(self) -> float:
         return self.config.alpha / (self.config.r if self.config.rescale == "keep" else self.lora_A.shape[0])
 
+    def _svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """U, σ, V of ΔW = s·B A (all r components): a randomised SVD of the dense ΔW (the paper's RSVD, with
+        q = r it spans ΔW's range exactly), or the same through QR of the factors without building ΔW."""
+        s, r = self.scaling, self.lora_A.shape[0]
+        if self.config.svd == "randomized":
+            # svd_lowrank draws from the global RNG: fork it, so training stays reproducible and leaves it alone
+            with torch.random.fork_rng(devices=[self.lora_A.device] if self.lora_A.is_cuda else []):
+                torch.manual_seed(0)
+                return torch.svd_lowrank(s * self.lora_B.float() @ self.lora_A.float(), q=r, niter=2)
+        qb, rb = torch.linalg.qr(self.lora_B.float())
+        qa, ra = torch.linalg.qr(self.lora_A.float().t())
+        u, sv, vh = torch.linalg.svd(s * rb @ ra.t())
+        return qb @ u, sv, qa @ vh.t()
+
     def squeeze(self, k: int, optimizer: torch.optim.Optimizer | None = None) -> float:
         """Replace (B, A) by the best rank-k factorisation of ΔW; returns the fraction of ‖ΔW‖_F² kept."""
         k = min(k, self.lora_A.shape[0])
         with torch.no_grad():
             s = self.scaling
-            qb, rb = torch.linalg.qr(self.lora_B.float())
-            qa, ra = torch.linalg.qr(self.lora_A.float().t())
-            u, sv, vh = torch.linalg.svd(s * rb @ ra.t())
+            u, sv, v = self._svd()
             new_s = s if self.config.rescale == "keep" else self.config.alpha / k
             root = torch.sqrt(sv[:k] / new_s)
-            b = (qb @ u[:, :k]) * root
-            a = root[:, None] * (vh[:k] @ qa.t())
+            b = u[:, :k] * root
+            a = root[:, None] * v[:, :k].t()
             energy = float((sv[:k] ** 2).sum() / (sv ** 2).sum().clamp_min(1e-30))
         old_a, old_b = self.lora_A, self.lora_B
         self.lora_A = nn.Parameter(a.to(old_a.dtype))
@@ -126,8 +141,8 @@ class LoRASqueeze(Variant):
     Layer = LoRASqueezeLayer
     dynamic = True
     example_config = {"r": 6, "target_r": 2}
-    notes = ("Exact SVD through the factors (the paper's memory-efficient variant) instead of a randomised SVD; "
-             "the Σ split, the scale after a squeeze (ours: kept at α/r_src) and the In-Squeeze schedule "
+    notes = ("Randomised SVD of ΔW (q = r, so exact for the rank-r ΔW) or the factored route (the paper's "
+             "memory-efficient variant); the Σ split, the scale after a squeeze (ours: kept at α/r_src) and the In-Squeeze schedule "
              "(halvings) are not confirmed against the paper.")
 
     def __init__(self, config):
