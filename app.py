@@ -217,7 +217,7 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         for trigger in (insp_step.release, insp_module.input, insp_kind.input):  # user changes only
             trigger(_safe(cb.inspect_view, 9), [root, insp_run, insp_step, insp_module, insp_kind], insp_outputs)
 
-        def landscape_handler(root_dir, run_id, mode, dims, n, span, progress=gr.Progress()):
+        def landscape_handler(root_dir, run_id, mode, dims, n, span, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
             return cb.compute_landscape(root_dir, run_id, mode, dims, n, span,
                                         progress=lambda f: progress(f, desc="evaluating the loss grid"))
 

@@ -6,9 +6,9 @@ import pickle
 import sys
 
 import pytest
+from conftest import TinyTask
 
 import workbench as wb
-from conftest import TinyTask
 from workbench.cli import main
 from workbench.compare import config_for_budget, count_params
 

@@ -10,9 +10,9 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import TinyTask, tiny_model
 
 import workbench as wb
-from conftest import TinyTask, tiny_model
 
 INFOS = wb.variants()
 NAMES = [v.name for v in INFOS]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from conftest import TinyTask, tiny_model
 
 import workbench as wb
-from conftest import TinyTask, tiny_model
 from workbench.runs import RunStore
 from workbench.train import train
-
 
 # -- adapt ---------------------------------------------------------------------------------------------------
 

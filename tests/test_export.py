@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 from safetensors.torch import load_file
 
 import workbench as wb
-from conftest import tiny_model
 from workbench.export import export_peft, save_merged
 
 peft = pytest.importorskip("peft")

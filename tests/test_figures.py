@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 import pytest
+from conftest import TinyTask
 
 import workbench as wb
-from conftest import TinyTask
 from workbench import figures as F
 from workbench.runs import Run
 

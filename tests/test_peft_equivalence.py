@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_model
 
 import workbench as wb
-from conftest import tiny_model
 
 peft = pytest.importorskip("peft")
 

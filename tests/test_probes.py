@@ -8,15 +8,20 @@ import math
 import pytest
 import scipy.fft
 import torch
+from conftest import TinyTask, tiny_model
 
 import workbench as wb
-from conftest import TinyTask, tiny_model
 from workbench.probes import ProbeContext, get_probes
 from workbench.probes.frequency import dct_map, wht_map
 from workbench.probes.gradients import full_weight_gradients
 from workbench.probes.landscape import landscape
-from workbench.probes.spectra import (effective_rank, intruder_dimensions, singular_values, stable_rank,
-                                      subspace_similarity)
+from workbench.probes.spectra import (
+    effective_rank,
+    intruder_dimensions,
+    singular_values,
+    stable_rank,
+    subspace_similarity,
+)
 
 
 def _lora(r=4):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 from scipy.stats import spearmanr
 
 import workbench as wb
-from conftest import tiny_model
 from workbench.variants.rank.sora import compact
 
 X = torch.randn(9, 32, generator=torch.Generator().manual_seed(4))

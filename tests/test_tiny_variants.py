@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model
 
 import workbench as wb
-from conftest import tiny_model
 from workbench.variants.tiny.tlora import factorize
 
 X = torch.randn(6, 32, generator=torch.Generator().manual_seed(7))

@@ -11,13 +11,25 @@ The public API (see DESIGN.md)::
 # Import the variant and recipe packages first (this registers every method). The package ``workbench.variants``
 # is then shadowed by the function ``workbench.variants()`` below, which is the public name.
 from . import recipes, variants  # noqa: F401  isort: skip
-from .variant import (ConfigError, Shared, Variant, VariantConfig, VariantInfo, VariantLayer, get_variant, param,
-                      register, variant_names, variant_table, variants)  # noqa: F811 (see above)
-from .adapt import Adaptation, adapt, load_adaptation, match_targets
 from . import figures, tasks
+from .adapt import Adaptation, adapt, load_adaptation, match_targets
 from .compare import Comparison, compare
 from .runs import Run, RunStore
 from .train import train
+from .variant import (  # noqa: F811  the function variants() replaces the package of that name (see above)
+    ConfigError,
+    Shared,
+    Variant,
+    VariantConfig,
+    VariantInfo,
+    VariantLayer,
+    get_variant,
+    param,
+    register,
+    variant_names,
+    variant_table,
+    variants,
+)
 
 __version__ = "0.1.0"
 

@@ -9,16 +9,17 @@ closest to the budget. Everything trains through the one ``train()`` loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 
+from . import tasks as task_registry
 from .adapt import adapt
 from .runs import Run, RunStore
 from .train import train
 from .variant import ConfigError, get_variant
-from . import tasks as task_registry
 
 __all__ = ["compare", "Comparison", "config_for_budget", "DEFAULT_LRS"]
 

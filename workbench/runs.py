@@ -102,8 +102,8 @@ class Run:
 
     def restore(self, task=None):
         """Rebuild the trained adaptation on a fresh ``task.model()`` (from ``adapter/`` of a stored run)."""
-        from .adapt import load_adaptation
         from . import tasks as task_registry
+        from .adapt import load_adaptation
 
         if self.path is None or not (self.path / "adapter").exists():
             raise FileNotFoundError(f"run {self.id} has no saved adapter to restore from")

@@ -12,17 +12,18 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
+from . import tasks as task_registry
 from .adapt import Adaptation, adapt
 from .probes import ProbeContext, get_probes
 from .recipes import get_recipe
 from .runs import Run, RunStore, new_run_id
 from .variant import ConfigError, get_variant
-from . import tasks as task_registry
 
 __all__ = ["train", "TrainingStopped"]
 
@@ -200,7 +201,7 @@ def _loop(run: Run, task, ad: Adaptation, s: _Settings, recipe_cls, weight_decay
             # more than once); their time is not training time
             probe_pending, probe_seconds = probe_step, 0.0
 
-            def closure() -> torch.Tensor:
+            def closure(batch=batch, step=step, trainable=trainable) -> torch.Tensor:  # this step's, bound now
                 nonlocal probe_pending, probe_seconds
                 recipe.optimizer.zero_grad(set_to_none=True)
                 loss = task.loss(ad.model, batch)

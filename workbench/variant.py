@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -93,7 +94,7 @@ class VariantConfig:
         return out
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> "VariantConfig":
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> VariantConfig:
         """Build a config, turning unknown keys into a :class:`ConfigError` with suggestions."""
         names = [f.name for f in dataclasses.fields(cls)]
         for key in kwargs:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import shutil
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 

@@ -10,11 +10,12 @@ import itertools
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 _LOCK = threading.Lock()
-_JOBS: dict[str, "Job"] = {}
+_JOBS: dict[str, Job] = {}
 _IDS = itertools.count(1)
 MAX_FINISHED = 64  # finished jobs kept for their pages; older ones are forgotten (their runs are on disk)
 
@@ -50,7 +51,7 @@ class Job:
         return self.run.status if self.run is not None else "done"
 
 
-def start(kind: str, work: Callable[["Job"], Any]) -> Job:
+def start(kind: str, work: Callable[[Job], Any]) -> Job:
     """Run ``work(job)`` in a daemon thread and register the job."""
     job = Job(id=f"{kind}-{next(_IDS)}", kind=kind)
 

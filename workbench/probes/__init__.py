@@ -9,7 +9,7 @@ The landscape is not a per-step probe: see :func:`workbench.probes.landscape.lan
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..variant import ConfigError
 from .base import Probe, ProbeContext, ProbeResult

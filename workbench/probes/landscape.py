@@ -19,7 +19,7 @@ loss (an ε-sharpness in the spirit of Keskar et al., 2017).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.func import functional_call

@@ -4,5 +4,5 @@ A :class:`Recipe` builds the optimizer for an :class:`~workbench.adapt.Adaptatio
 (perturb-then-step methods). ``adamw`` is the default for every variant.
 """
 
-from .base import Recipe, get_recipe, recipe_names, register_recipe  # noqa: F401
 from . import adamw  # noqa: F401
+from .base import Recipe, get_recipe, recipe_names, register_recipe  # noqa: F401

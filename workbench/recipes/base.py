@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
 from ..variant import ConfigError
 
-_RECIPES: dict[str, type["Recipe"]] = {}
+_RECIPES: dict[str, type[Recipe]] = {}
 
 
 class Recipe:

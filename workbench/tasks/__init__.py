@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from ..variant import ConfigError
 from .base import Task

@@ -14,7 +14,8 @@ domain — upright digits — deterministically in a few seconds and cached as s
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -176,7 +177,7 @@ class DigitsTask(Task):
             self._data[split] = shift_images(images[idx], labels[idx], self.current)
         self._all_val = {s: shift_images(images[val_idx], labels[val_idx], s) for s in STAGES}
 
-    def stages(self) -> list["DigitsTask"]:
+    def stages(self) -> list[DigitsTask]:
         """The continual sequence as tasks sharing one pretrained model (rotate → invert → classes)."""
         return [DigitsTask("continual", stage=i) for i in range(len(STAGES))]
 

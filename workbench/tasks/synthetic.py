@@ -1,9 +1,9 @@
 """Synthetic teacher-student tasks whose true weight update is known.
 
 The *student* is a frozen MLP of square ``nn.Linear`` layers (``layers.0``, ``layers.1``, ...) with tanh between
-them and weights with singular values spread from 1.5 to 0.5, so activations keep unit scale. The *teacher* is the same network with a known
-ΔW added to each layer. An adapter trained on the teacher's input/output pairs should recover ΔW, and
-``reference_delta()`` gives the truth for the spectra probe (subspace similarity, relative error).
+them and weights with singular values spread from 1.5 to 0.5, so activations keep unit scale. The *teacher* is the
+same network with a known ΔW added to each layer. An adapter trained on the teacher's input/output pairs should
+recover ΔW, and ``reference_delta()`` gives the truth for the spectra probe (subspace similarity, relative error).
 
 Structures of the true ΔW:
 
@@ -27,7 +27,8 @@ not on ``chain``, where the compensating layers score highest (notebook 02).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import scipy.fft
 import scipy.linalg
@@ -128,7 +129,8 @@ class SyntheticTask(Task):
         check_option(name, "seed", seed, 0, None)
         self.name, self.structure = name, structure
         self._options = {"dim": dim, "depth": depth, "rank": rank, "n_coefficients": n_coefficients,
-                         "strength": strength, "decay": decay, "noise": noise, "n_train": n_train, "n_val": n_val, "layout": layout,
+                         "strength": strength, "decay": decay, "noise": noise, "n_train": n_train, "n_val": n_val,
+                         "layout": layout,
                          "seed": seed}
         g = torch.Generator().manual_seed(seed)
         # a spread spectrum (1.5 → 0.5) keeps activations at unit scale and makes W0's singular vectors unique,
@@ -229,8 +231,9 @@ class SyntheticTask(Task):
                 "sparse": f"an update with {o['n_coefficients']} non-zero entries",
                 "lowrank+sparse": f"a rank-{o['rank']} plus a sparse update",
                 "mixed": f"updates of different ranks per layer ({', '.join(map(str, MIXED_RANKS))})"}[self.structure]
-        net = (f"a frozen {o['depth']}-layer MLP ({o['dim']}×{o['dim']} linears, tanh between)" if o["layout"] == "chain"
-               else f"{o['depth']} frozen {o['dim']}×{o['dim']} linears side by side on the same input")
+        net = (f"a frozen {o['depth']}-layer MLP ({o['dim']}×{o['dim']} linears, tanh between)"
+               if o["layout"] == "chain" else
+               f"{o['depth']} frozen {o['dim']}×{o['dim']} linears side by side on the same input")
         return (f"**{self.name}**: {net}. "
                 f"The teacher adds {what} to each layer; the adapter must recover it from input/output pairs. "
                 f"Metric: relative error (MSE / Var(y)), 0 is perfect. The true ΔW is known, so spectra and "

@@ -18,8 +18,9 @@ import copy
 import csv
 import functools
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -147,8 +148,8 @@ class TextTask(Task):
 
         t = self._tensors["train"]
         n = min(self._options["n_probe"], len(t["labels"]))
-        key = cache_key(model=self._options["model"], ids=int(t["input_ids"][:n].sum()), labels=t["labels"][:n].tolist(),
-                        n=n, classes=self.num_labels, version=1)
+        key = cache_key(model=self._options["model"], ids=int(t["input_ids"][:n].sum()),
+                        labels=t["labels"][:n].tolist(), n=n, classes=self.num_labels, version=1)
         path = cache_dir() / f"text-head-{key}.safetensors"
         if path.exists():
             return load_file(str(path))

@@ -72,7 +72,8 @@ class NOLA(Variant):
     summary = ("LoRA whose factors A and B are not trained directly: each is a linear mixture of many frozen random "
                "matrices, and only the mixing weights train. The parameter count (k + l per layer) no longer depends "
                "on the rank or the layer size, so it can go below rank-1 LoRA.")
-    formula = r"$\Delta W = \frac{\alpha}{r}\Big(\tfrac{1}{\sqrt{l}}\sum_j \beta_j B_j\Big)\Big(A_0 + \tfrac{1}{\sqrt{k}}\sum_i \alpha_i A_i\Big)$"
+    formula = (r"$\Delta W = \frac{\alpha}{r}\Big(\tfrac{1}{\sqrt{l}}\sum_j \beta_j B_j\Big)\Big(A_0 +"
+               r" \tfrac{1}{\sqrt{k}}\sum_i \alpha_i A_i\Big)$")
     Config = NOLAConfig
     Layer = NOLALayer
     example_config = {"r": 2, "k": 16, "l": 16}

@@ -16,9 +16,9 @@ adapter's λ, γ carry over unchanged.
 Cost: the dense ΔW is built once per step (N·r·d_in·d_out ≈ d_in·d_out·m multiply-adds, whatever the batch) and
 the layer runs one matmul with W0 + ΔW. PEFT instead runs two factored products per token, each as wide as the
 layer (N·r ≥ m), about T·m·(d_in + d_out) for T tokens: counting forward and backward, the dense route is cheaper
-once T exceeds about 0.6·m tokens per step on square layers, i.e. for any real batch (measured on 4 x Linear(384, 384), 16 x 64 tokens, 2 CPU threads: 28 ms
-against 47 ms for the factored route and 49 ms for PEFT; on all-MiniLM-L6-v2 1.3x the frozen floor against PEFT's
-2.0x). Not included: the ``sparse``/``very_sparse`` ternary bases.
+once T exceeds about 0.6·m tokens per step on square layers, i.e. for any real batch (measured on 4 x Linear(384,
+384), 16 x 64 tokens, 2 CPU threads: 28 ms against 47 ms for the factored route and 49 ms for PEFT; on
+all-MiniLM-L6-v2 1.3x the frozen floor against PEFT's 2.0x). Not included: the ``sparse``/``very_sparse`` ternary bases.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ class RandLoRA(Variant):
     summary = ("A full-rank update from many frozen random low-rank bases: each layer learns only a diagonal "
                "scaling per basis (λ) and per input feature (γ). The bases together span every direction, so "
                "RandLoRA can fit updates LoRA cannot at the same parameter count.")
-    formula = r"$\Delta W = \frac{\alpha}{r}\sum_{n=1}^{N} B_n\,\mathrm{diag}(\lambda_n)\,A\,\mathrm{diag}(\gamma_n),\ N = \lceil \min(d_{in}, d_{out})/r \rceil$"
+    formula = (r"$\Delta W = \frac{\alpha}{r}\sum_{n=1}^{N} B_n\,\mathrm{diag}(\lambda_n)\,A\,\mathrm{diag}(\gamma_n),"
+               r"\ N = \lceil \min(d_{in}, d_{out})/r \rceil$")
     Config = RandLoRAConfig
     Layer = RandLoRALayer
     SharedModule = RandLoRAShared

@@ -77,7 +77,8 @@ class VeRA(Variant):
     summary = ("One pair of frozen random matrices A, B for the whole model; each layer learns only two scaling "
                "vectors, d (one number per rank) and b (one per output). ΔW = diag(b) B diag(d) A: about 10x fewer "
                "parameters than LoRA at the same rank.")
-    formula = r"$\Delta W = \Lambda_b\, B\, \Lambda_d\, A,\quad A, B$ frozen random and shared; $\Lambda_b, \Lambda_d$ diagonal, trained"
+    formula = (r"$\Delta W = \Lambda_b\, B\, \Lambda_d\, A,\quad A, B$ frozen random and shared; $\Lambda_b,"
+               r" \Lambda_d$ diagonal, trained")
     Config = VeRAConfig
     Layer = VeRALayer
     SharedModule = VeRAShared

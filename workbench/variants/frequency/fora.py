@@ -110,7 +110,8 @@ class FoRA(Variant):
     summary = ("A low-rank bottleneck whose tokens are mixed on the patch grid before going back up: convolutions "
                "at three scales, then a convolution on the grid's 2-D Fourier spectrum. The update depends on the "
                "neighbouring tokens and their frequencies, so it cannot be merged into the weight.")
-    formula = r"$h = W_0 x + W_d\, S_{fre}\big(S_{spa}(W_e x)\big),\quad S_{fre} = \mathrm{iFFT2}\circ\mathrm{conv}_{3\times3}\circ\mathrm{FFT2}$"
+    formula = (r"$h = W_0 x + W_d\, S_{fre}\big(S_{spa}(W_e x)\big),\quad S_{fre} ="
+               r" \mathrm{iFFT2}\circ\mathrm{conv}_{3\times3}\circ\mathrm{FFT2}$")
     Config = FoRAConfig
     Layer = FoRALayer
     example_config = {"r": 4}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...variant import Variant, VariantConfig, DenseDeltaLayer, param, register
+from ...variant import DenseDeltaLayer, Variant, VariantConfig, param, register
 
 PAPER = ("Gao et al., 2024, Parameter-Efficient Fine-Tuning with Discrete Fourier Transform, ICML 2024, "
          "arXiv:2405.03003")
@@ -63,7 +63,8 @@ class FourierFT(Variant):
     summary = ("Learn n real coefficients of ΔW's 2-D Fourier spectrum at fixed random frequencies (the same for "
                "every layer) and get ΔW by an inverse FFT. A few thousand numbers per layer can express a full-rank "
                "update, far fewer parameters than LoRA.")
-    formula = r"$\Delta W = \alpha\,\mathrm{Re}\big(\mathrm{IDFT2}(F)\big),\quad F_{E} = c \in \mathbb{R}^n,\ F_{\bar E} = 0$"
+    formula = (r"$\Delta W = \alpha\,\mathrm{Re}\big(\mathrm{IDFT2}(F)\big),\quad F_{E} = c \in \mathbb{R}^n,\ F_{\bar"
+               r" E} = 0$")
     Config = FourierFTConfig
     Layer = FourierFTLayer
     preserves_init = False

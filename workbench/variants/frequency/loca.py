@@ -27,7 +27,7 @@ import scipy.fft
 import torch
 from torch import nn
 
-from ...variant import Variant, VariantConfig, DenseDeltaLayer, param, register
+from ...variant import DenseDeltaLayer, Variant, VariantConfig, param, register
 
 PAPER = ("Du et al., 2025, LoCA: Location-Aware Cosine Adaptation for Parameter-Efficient Fine-Tuning, ICLR 2025, "
          "arXiv:2502.06820")

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...variant import ConfigError, Variant, VariantConfig, DenseDeltaLayer, param, register
+from ...variant import ConfigError, DenseDeltaLayer, Variant, VariantConfig, param, register
 
-PAPER = "Jeon et al., 2025, QWHA: Quantization-Aware Walsh-Hadamard Adaptation for Parameter-Efficient Fine-Tuning on Large Language Models, arXiv:2509.17428"
+PAPER = ("Jeon et al., 2025, QWHA: Quantization-Aware Walsh-Hadamard Adaptation for Parameter-Efficient Fine-Tuning on"
+         " Large Language Models, arXiv:2509.17428")
 
 
 @dataclass

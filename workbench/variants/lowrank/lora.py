@@ -72,7 +72,8 @@ class LoRALayer(VariantLayer):
 class LoRA(Variant):
     summary = ("Freeze W0 and learn a rank-r update ΔW = (α/r)·B A. B starts at zero, so training starts from the "
                "pretrained model; r(d_in + d_out) parameters per layer instead of d_in·d_out.")
-    formula = r"$W = W_0 + \frac{\alpha}{r} B A,\quad B\in\mathbb{R}^{d_{out}\times r}, A\in\mathbb{R}^{r\times d_{in}}$"
+    formula = (r"$W = W_0 + \frac{\alpha}{r} B A,\quad B\in\mathbb{R}^{d_{out}\times r}, A\in\mathbb{R}^{r\times"
+               r" d_{in}}$")
     Config = LoRAConfig
     Layer = LoRALayer
     example_config = {"r": 4}

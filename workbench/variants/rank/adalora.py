@@ -115,7 +115,8 @@ class AdaLoRA(Variant):
                "score from |weight × gradient|, smoothed over steps. The total rank budget shrinks on a cubic "
                "schedule and the least important triplets across the whole model are switched off, so important "
                "modules keep more rank.")
-    formula = r"$W = W_0 + \frac{\alpha}{r} P\,\Lambda\,Q,\quad \Lambda = \mathrm{diag}(\lambda),\ \lambda_k \to 0$ when pruned"
+    formula = (r"$W = W_0 + \frac{\alpha}{r} P\,\Lambda\,Q,\quad \Lambda = \mathrm{diag}(\lambda),\ \lambda_k \to 0$"
+               r" when pruned")
     Config = AdaLoRAConfig
     Layer = AdaLoRALayer
     dynamic = True
@@ -131,8 +132,7 @@ class AdaLoRA(Variant):
             return None
         total, n = 0.0, 0
         for _, layer in adaptation.named_layers():
-            for p, cov in ((layer.lora_A, layer.lora_A @ layer.lora_A.t()),
-                           (layer.lora_B, layer.lora_B.t() @ layer.lora_B)):
+            for cov in (layer.lora_A @ layer.lora_A.t(), layer.lora_B.t() @ layer.lora_B):
                 eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
                 total = total + torch.linalg.matrix_norm(cov - eye)
                 n += 1

@@ -84,7 +84,8 @@ class BayesianLoRA(Variant):
     summary = ("AdaLoRA's SVD form with a learnable on/off gate on every rank. Gates are random while training "
                "(a relaxed Bernoulli you can differentiate) and a prior charges each open gate its parameter cost, "
                "so unneeded ranks switch off and every module ends with the rank it needs.")
-    formula = r"$\Delta W = \frac{\alpha}{r} P\,\mathrm{diag}(\lambda \odot z)\,Q,\quad z_k \sim \mathrm{HardConcrete}(\log\alpha_k)$"
+    formula = (r"$\Delta W = \frac{\alpha}{r} P\,\mathrm{diag}(\lambda \odot z)\,Q,\quad z_k \sim"
+               r" \mathrm{HardConcrete}(\log\alpha_k)$")
     Config = BayesianLoRAConfig
     Layer = BayesianLoRALayer
     dynamic = True

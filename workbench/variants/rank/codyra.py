@@ -57,7 +57,8 @@ class CoDyRA(Variant):
                "zero in the second half of training, so each module keeps only the ranks the task needs; the update "
                "is merged into the weights at the end of the task, which disturbs earlier tasks less than a "
                "full-rank-budget LoRA.")
-    formula = r"$\Delta W = B\,\mathrm{diag}(g)\,A,\quad g \leftarrow \mathrm{sign}(g)\max(|g| - \kappa_t, 0),\ \kappa_t \uparrow \kappa_{max}$"
+    formula = (r"$\Delta W = B\,\mathrm{diag}(g)\,A,\quad g \leftarrow \mathrm{sign}(g)\max(|g| - \kappa_t,"
+               r" 0),\ \kappa_t \uparrow \kappa_{max}$")
     Config = CoDyRAConfig
     Layer = CoDyRALayer
     dynamic = True
@@ -87,7 +88,7 @@ def train_continual(stages, variant: str, *, steps: int, lr: float, seed: int = 
     from ...train import train
 
     model, rows = None, []
-    for i, stage in enumerate(stages):
+    for stage in stages:
         run = train(stage, variant, steps=steps, lr=lr, seed=seed, model=model, probes=(), progress=False, **config)
         active = sum(float(layer.inspect().get("rank", float("nan"))) for _, layer in run.adaptation.named_layers())
         model = run.adaptation.merge_and_unload()

@@ -59,7 +59,8 @@ class DiffoRA(Variant):
     summary = ("Decide which modules deserve a LoRA at all. Every candidate starts with one, behind a soft gate; "
                "after a short search the best-gated modules keep their LoRA (with the weights learned so far) and "
                "the others lose it.")
-    formula = r"$\Delta W_{l,m} = \gamma_{l,m}\,\frac{\alpha}{r} B A,\quad \gamma = \sigma(a)\ \text{(search)} \to \{0, 1\}$"
+    formula = (r"$\Delta W_{l,m} = \gamma_{l,m}\,\frac{\alpha}{r} B A,\quad \gamma = \sigma(a)\ \text{(search)} \to"
+               r" \{0, 1\}$")
     Config = DiffoRAConfig
     Layer = DiffoRALayer
     dynamic = True

@@ -94,7 +94,8 @@ def with_gate_group(adaptation, gates: list[nn.Parameter], lr: float, weight_dec
     proximal step can read the gates' current learning rate."""
     ids = {id(g) for g in gates}
     rest = [p for p in adaptation.parameters() if p.requires_grad and id(p) not in ids]
-    return [{"params": rest, "lr": lr, "weight_decay": weight_decay if rest_weight_decay is None else rest_weight_decay},
+    rest_decay = weight_decay if rest_weight_decay is None else rest_weight_decay
+    return [{"params": rest, "lr": lr, "weight_decay": rest_decay},
             {"params": gates, "lr": lr, "weight_decay": 0.0, "name": "gates"}]
 
 

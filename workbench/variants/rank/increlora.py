@@ -27,14 +27,15 @@ e = 1e-5 and their zeroing when the budget is spent, one tensor block per growth
 the start rank ``lora_r`` = 1 of every script. Differences: the code can overshoot the budget when fewer than
 top_h·k ranks remain (it grows top_h modules anyway); here growth stops at the budget.
 
-On ``synthetic:mixed`` its allocation does not follow the true ranks (Spearman from −0.83 to 0.85, mean 0.00, over 4 seeds
-× 6 schedules; notebook 02 shows why). Started at rank 1, every layer of the chain learns the best rank-1 correction
-*of the network*, not its own update. Before the first growth (step 80 of the notebook's run) the layer whose true
-update is zero has ‖ΔW‖ = 0.83, the rank-8 and rank-16 layers 0.01 and 0.04; without the orthogonality penalty all
-layers move, and the zero layer still has the largest ΔW (1.65). The score Σ|ΔW ⊙ G|, how much a module's current
-adapter contributes, then grows the modules that compensate. Methods that start wide and prune (SoRA, AdaLoRA)
-see every layer's own update first. On the same six updates laid side by side (``layout="parallel"``), where no
-layer can compensate for another, the allocation follows the truth: Spearman 0.94, 0.83, 0.83, 0.83 (seeds 0–3).
+On ``synthetic:mixed`` its allocation does not follow the true ranks (Spearman from −0.83 to 0.85, mean 0.00, over
+4 seeds × 6 schedules; notebook 02 shows why). Started at rank 1, every layer of the chain learns the best rank-1
+correction *of the network*, not its own update. Before the first growth (step 80 of the notebook's run) the layer
+whose true update is zero has ‖ΔW‖ = 0.83, the rank-8 and rank-16 layers 0.01 and 0.04; without the orthogonality
+penalty all layers move, and the zero layer still has the largest ΔW (1.65). The score Σ|ΔW ⊙ G|, how much a
+module's current adapter contributes, then grows the modules that compensate. Methods that start wide and prune
+(SoRA, AdaLoRA) see every layer's own update first. On the same six updates laid side by side
+(``layout="parallel"``), where no layer can compensate for another, the allocation follows the truth: Spearman
+0.94, 0.83, 0.83, 0.83 (seeds 0–3).
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ class IncreLoRA(Variant):
                "update aligns with its gradient, smoothed over steps. Every few steps the most important modules "
                "grow until the total rank budget is spent. Reserve components train ahead of time, so new ranks "
                "start useful.")
-    formula = r"$W = W_0 + \frac{\alpha}{\rho} B\,\mathrm{diag}(e)\,A,\quad \rho$ grows where $\sum|\Delta W \odot \nabla_{\Delta W} L|$ is large"
+    formula = (r"$W = W_0 + \frac{\alpha}{\rho} B\,\mathrm{diag}(e)\,A,\quad \rho$ grows where $\sum|\Delta W \odot"
+               r" \nabla_{\Delta W} L|$ is large")
     Config = IncreLoRAConfig
     Layer = IncreLoRALayer
     dynamic = True

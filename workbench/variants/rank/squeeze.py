@@ -36,7 +36,8 @@ from ...variant import ConfigError, Variant, VariantConfig, param, register
 from ..lowrank.lora import LoRALayer
 from .gated import replace_parameter
 
-PAPER = "Vulić et al., 2026, LoRA-Squeeze: Simple and Effective Post-Tuning and In-Tuning Compression of LoRA Modules, arXiv:2602.10993"
+PAPER = ("Vulić et al., 2026, LoRA-Squeeze: Simple and Effective Post-Tuning and In-Tuning Compression of LoRA"
+         " Modules, arXiv:2602.10993")
 
 
 @dataclass
@@ -142,8 +143,8 @@ class LoRASqueeze(Variant):
     dynamic = True
     example_config = {"r": 6, "target_r": 2}
     notes = ("Randomised SVD of ΔW (q = r, so exact for the rank-r ΔW) or the factored route (the paper's "
-             "memory-efficient variant); the Σ split, the scale after a squeeze (ours: kept at α/r_src) and the In-Squeeze schedule "
-             "(halvings) are not confirmed against the paper.")
+             "memory-efficient variant); the Σ split, the scale after a squeeze (ours: kept at α/r_src) and the "
+             "In-Squeeze schedule (halvings) are not confirmed against the paper.")
 
     def __init__(self, config):
         super().__init__(config)

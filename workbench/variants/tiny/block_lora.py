@@ -86,7 +86,8 @@ class BlockLoRA(Variant):
     summary = ("LoRA whose down-projection is one small 'head' repeated across the input: the input is cut into n "
                "chunks that are summed and projected once. The head is shared by all layers; each layer keeps its "
                "own up-projection. Fewer parameters and less compute than LoRA at the same rank.")
-    formula = r"$\Delta W = \frac{\alpha}{r} B\,[\bar A\ \bar A \cdots \bar A],\quad \Delta W x = \frac{\alpha}{r} B \bar A \textstyle\sum_j x_j$"
+    formula = (r"$\Delta W = \frac{\alpha}{r} B\,[\bar A\ \bar A \cdots \bar A],\quad \Delta W x = \frac{\alpha}{r} B"
+               r" \bar A \textstyle\sum_j x_j$")
     Config = BlockLoRAConfig
     Layer = BlockLoRALayer
     SharedModule = BlockShared

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...variant import Variant, register, param
+from ...variant import Variant, param, register
 from ..lowrank.lora import LoRAConfig, LoRALayer
 
 PAPER = ("Wang et al., 2025, Complementary Subspace Low-Rank Adaptation of Vision-Language Models for Few-Shot "

@@ -79,7 +79,8 @@ class S2LoRA(Variant):
     summary = ("One LoRA pair (A, B) shared by all layers; each layer learns only r coefficients that weight the "
                "pair's ranks, pushed to exact zeros by an L1 proximal step. The surviving coefficients show a learned "
                "rank distribution across the model at a tiny parameter cost.")
-    formula = r"$\Delta W_\ell = \frac{\alpha}{r} B\,\mathrm{diag}(\lambda_\ell)\,A,\quad A, B$ shared, $\lambda_\ell$ sparse"
+    formula = (r"$\Delta W_\ell = \frac{\alpha}{r} B\,\mathrm{diag}(\lambda_\ell)\,A,\quad A, B$ shared,"
+               r" $\lambda_\ell$ sparse")
     Config = S2LoRAConfig
     Layer = S2LoRALayer
     SharedModule = S2Shared

@@ -8,8 +8,8 @@ Confirmed from the abstract (arXiv v1) and a summary of §3: the SVD of W, the b
 singular values as the only trainable parameters, W_e and the singular subspaces frozen. Not confirmed (the method
 section was not readable here and no official code was found): the abstract says the top-r values "capture over 99%
 of the matrix's information", but not whether r is derived from an energy rule (Σσᵢ² or Σσᵢ); here r is a
-hyper-parameter, or, with ``energy`` > 0, the per-layer
-smallest r whose σᵢ² hold that share (our reading of the rule); there is no extra scale. U_r, V_r and σ_r are saved with the adapter so a loaded adapter is exact.
+hyper-parameter, or, with ``energy`` > 0, the per-layer smallest r whose σᵢ² hold that share (our reading of the
+rule); there is no extra scale. U_r, V_r and σ_r are saved with the adapter so a loaded adapter is exact.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class SVFitLayer(VariantLayer):
 class SVFit(Variant):
     summary = ("Keep the pretrained weight's singular vectors fixed and fine-tune only its top-r singular values: "
                "r numbers per layer that rescale the directions the model already uses most.")
-    formula = r"$W' = W_e + U_r\,\mathrm{diag}(\tilde\sigma)\,V_r^\top,\quad \Delta W = U_r\,\mathrm{diag}(\tilde\sigma - \sigma_r)\,V_r^\top$"
+    formula = (r"$W' = W_e + U_r\,\mathrm{diag}(\tilde\sigma)\,V_r^\top,\quad \Delta W ="
+               r" U_r\,\mathrm{diag}(\tilde\sigma - \sigma_r)\,V_r^\top$")
     Config = SVFitConfig
     Layer = SVFitLayer
     example_config = {"r": 4}

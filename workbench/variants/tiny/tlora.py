@@ -123,7 +123,8 @@ class TLoRA(Variant):
     summary = ("Transform the pretrained weight instead of only adding to it: W' = W0·T + s·Δ, with a full-rank "
                "input transform T (starting at the identity) and a residual Δ, both stored as chains of small "
                "tensor cores, so a full-rank change costs a few hundred parameters per layer.")
-    formula = r"$W' = W_0\,T + \frac{\alpha}{\sqrt r}\Delta,\quad T = \mathrm{TRM}(A^1,\dots,A^D)\ (=I\ \text{at init}),\ \Delta = \mathrm{TR}(B, C)$"
+    formula = (r"$W' = W_0\,T + \frac{\alpha}{\sqrt r}\Delta,\quad T = \mathrm{TRM}(A^1,\dots,A^D)\ (=I\ \text{at"
+               r" init}),\ \Delta = \mathrm{TR}(B, C)$")
     Config = TLoRAConfig
     Layer = TLoRALayer
     example_config = {"cores": 2, "r": 2, "transform_rank": 2}

@@ -1,0 +1,142 @@
+"""Evidence for the frequency variants (FourierFT, LoCA, FoRA, QWHA): equality with PEFT, LoCA's support recovery and
+location gradient, FoRA's token mixing, QWHA's quantization-error correction and Hadamard orders. The random-basis and
+tiny variants have their own files (test_basis_variants.py, test_tiny_variants.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import workbench as wb
+
+peft = pytest.importorskip("peft")
+X = torch.randn(5, 7, 32, generator=torch.Generator().manual_seed(3))
+
+
+def test_fourierft_equals_peft_with_the_same_entries_and_coefficients():
+    ad = wb.adapt(tiny_model(), "fourierft", ["0", "2"], n_frequency=100, scaling=150.0)
+    pm = peft.get_peft_model(tiny_model(), peft.FourierFTConfig(target_modules=["0", "2"], n_frequency=100,
+                                                                scaling=150.0))
+    with torch.no_grad():
+        for name, layer in ad.named_layers():
+            theirs = pm.base_model.model.get_submodule(name)
+            assert torch.equal(layer.entries, theirs.indices["default"])  # the same seeded entries
+            layer.spectrum.copy_(torch.randn(100))
+            theirs.fourierft_spectrum["default"].copy_(layer.spectrum)
+            torch.testing.assert_close(layer.delta_weight(), theirs.get_delta_weight("default"), atol=1e-5,
+                                       rtol=1e-5)
+        torch.testing.assert_close(ad.model(X), pm(X), atol=1e-5, rtol=1e-5)
+    assert ad.num_trainable() == 2 * 100  # n per layer
+
+
+def _dct_support_coverage(task, ad, locations) -> float:
+    """Fraction of the true ΔW's non-zero DCT coefficients that the adapter's locations sit on (mean over layers)."""
+    import scipy.fft
+
+    truth, out = task.reference_delta(), []
+    for name, layer in ad.named_layers():
+        support = torch.from_numpy(abs(scipy.fft.dctn(truth[name].double().numpy(), norm="ortho")) > 1e-6)
+        loc = locations(layer)
+        hit = torch.zeros_like(support)
+        hit[loc[:, 0], loc[:, 1]] = True
+        out.append(float((hit & support).sum() / support.sum()))
+    return sum(out) / len(out)
+
+
+def test_loca_finds_more_of_the_true_dct_support_than_fourierft_and_fits_better():
+    task = wb.tasks.get("synthetic:dct")  # 128 non-zero DCT coefficients per layer
+    kw = dict(steps=600, lr=1e-2, probes=(), progress=False)
+    loca = wb.train(task, "loca", n=128, loc_lr=1e-2, search_fraction=0.5, **kw)
+    fourier = wb.train(task, "fourierft", n_frequency=128, init_zero=True, **kw)
+    loca_cov = _dct_support_coverage(task, loca.adaptation, lambda layer: layer.grid_locations())
+    fourier_cov = _dct_support_coverage(task, fourier.adaptation, lambda layer: layer.entries.t())
+    assert loca_cov > 2 * fourier_cov
+    assert loca.summary["metric_value"] < fourier.summary["metric_value"]
+    assert loca.summary["trainable_params"] == fourier.summary["trainable_params"] == 2 * 128  # locations frozen
+
+
+def test_loca_location_gradient_is_the_clipped_central_difference():
+    from workbench.variants.frequency.loca import _SparseSpectrum
+
+    coef = torch.tensor([2.0], requires_grad=True)
+    loc = torch.tensor([[0.5], [0.25]], requires_grad=True)  # rows 4, cols 8 -> index (round(1.998), round(1.748))
+    s = _SparseSpectrum.apply(coef, loc, 5, 9)
+    grad_s = torch.arange(45.0).view(5, 9) / 100
+    s.backward(grad_s)
+    r, c = 2, 2
+    assert coef.grad.item() == pytest.approx(grad_s[r, c].item())
+    row = min(max(0.5 * 2.0 * (grad_s[r + 1, c] - grad_s[r - 1, c]).item(), -1), 1) * 4
+    col = min(max(0.5 * 2.0 * (grad_s[r, c + 1] - grad_s[r, c - 1]).item(), -1), 1) * 8
+    torch.testing.assert_close(loc.grad, torch.tensor([[row], [col]]))
+
+
+@pytest.mark.parametrize("bits,quantizer", [(2, "rtn"), (3, "rtn"), (4, "nf")])
+def test_qwha_init_corrects_more_quantization_error_than_zero_or_svd_lora(bits, quantizer):
+    task = wb.tasks.get("synthetic:fullrank")
+    r = 4
+    ad = wb.adapt(task.model(), "qwha", task.targets, r=r, bits=bits, quantizer=quantizer, group_size=32,
+                  calib_batches=8)
+    ad.variant.prepare(ad, task, task.batches("train", batch_size=64, seed=0))
+    x = torch.cat([b["x"] for b, _ in zip(task.batches("val", batch_size=256), range(2))])
+    seen = {}  # each layer's real inputs on held-out data
+    hooks = [layer.register_forward_hook(lambda m, a, o, n=name: seen.__setitem__(n, a[0].detach()))
+             for name, layer in ad.named_layers()]
+    with torch.no_grad():
+        ad.model(x)
+    for h in hooks:
+        h.remove()
+    for name, layer in ad.named_layers():
+        inputs = seen[name]
+        dq = layer.quant_error().detach()
+        u, s, vh = torch.linalg.svd(dq)
+        svd_lora = (u[:, :r] * s[:r]) @ vh[:r]  # an SVD-initialised LoRA of rank r: the same parameter count
+        err = {"zero": torch.linalg.matrix_norm(inputs @ dq.t()),
+               "svd-lora": torch.linalg.matrix_norm(inputs @ (dq - svd_lora).t()),
+               "qwha": torch.linalg.matrix_norm(inputs @ (dq - layer.delta_weight().detach()).t())}
+        assert layer.p == r * (64 + 64)
+        assert err["qwha"] < err["svd-lora"] < err["zero"], (name, {k: float(v) for k, v in err.items()})
+
+
+def test_quantizer_levels_and_error():
+    from workbench.variants.frequency.qwha import quantize
+
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
+    errors = [float((quantize(w, b, 32, "rtn") - w).norm()) for b in (2, 3, 4)]
+    assert errors[0] > errors[1] > errors[2] > 0  # more bits, less error
+    q = quantize(w, 2, 32, "rtn")
+    assert all(len(torch.unique(q[i, g * 32:(g + 1) * 32])) <= 4 for i in range(16) for g in range(2))
+
+
+@pytest.mark.parametrize("tokens,grid", [(16, (0, 4)), (17, (1, 4)), (12, None)])
+def test_fora_mixes_tokens_on_their_grid(tokens, grid):
+    lin = torch.nn.Linear(32, 32)
+    ad = wb.adapt(torch.nn.Sequential(lin), "fora", ["0"], r=4)
+    layer = ad.layer("0")
+    assert layer._grid(tokens) == grid
+    with torch.no_grad():
+        layer.up.normal_()
+    x = torch.randn(2, tokens, 32)
+    y = layer.delta_forward(x)
+    x2 = x.clone()
+    x2[:, -1] += 1.0  # change the last token only
+    changed = (layer.delta_forward(x2) - y).abs().amax(-1)[0]
+    assert int((changed > 1e-6).sum()) > 1  # its neighbours' updates change too: the update is not per-token
+    if grid is not None and grid[0] == 1:
+        assert changed[0] < 1e-6  # the [CLS] token skips the grid mixing
+
+
+def test_fora_adapts_the_digits_vit():
+    run = wb.train(wb.tasks.get("digits:rotate"), "fora", steps=60, lr=3e-3, r=4, progress=False, every=20)
+    assert run.status == "completed"
+    assert run.summary["metric_value"] > run.summary["init_metric_value"] + 0.1
+    assert run.metrics[run.metrics.probe == "spectra"].empty  # no ΔW to take a spectrum of
+
+
+@pytest.mark.parametrize("n", [12, 20, 48, 384])
+def test_hadamard_matrices_beyond_powers_of_two(n):
+    from workbench.variants.frequency.qwha import hadamard
+
+    h = hadamard(n)
+    assert set(h.unique().tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(h @ h.t(), n * torch.eye(n))
