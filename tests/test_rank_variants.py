@@ -58,6 +58,7 @@ def test_increlora_importance_is_the_code_score_on_the_pre_step_update():
     ad.variant.prepare(ad, None, None)
     delta = layer.delta_weight().detach()
     ad.model(X).pow(2).sum().backward()
+    ad.model(X).pow(2).sum().backward()  # a second pass (a gradient probe on the same batch) is not counted twice
     x_in = torch.tanh(ad.model[0](X)).detach()
     w = (layer.base.weight + delta).detach().requires_grad_(True)
     (torch.nn.functional.linear(x_in, w, layer.base.bias) ** 2).sum().backward()

@@ -124,19 +124,19 @@ class IncreLoRALayer(GatedLowRankLayer):
 
     # -- importance: S = Σ|ΔW ⊙ G| / √(d_out·d_in), G = ∂L/∂ΔW from the layer's input and output gradient ------
     def watch_gradient(self) -> None:
+        """Score the last forward/backward pass through the layer, as the code's hook overwrites ``layer.score``
+        on each backward (so an extra pass, e.g. a gradient probe on the same batch, is not counted twice)."""
         def keep_input(module, args, output):
             if not output.requires_grad:
                 return
             x = args[0].detach()
-            if self._delta is None:  # ΔW as the forward saw it, before the optimizer step (the code's hook)
-                with torch.no_grad():
-                    self._delta = self.delta_weight()
-            output.register_hook(lambda g: self._accumulate(g, x))
+            with torch.no_grad():
+                self._delta, self._grad_w = self.delta_weight(), None  # ΔW as this pass saw it, before the step
+            output.register_hook(lambda g: self._keep_gradient(g, x))
         self._hooks.append(self.register_forward_hook(keep_input))
 
-    def _accumulate(self, grad_out: torch.Tensor, x: torch.Tensor) -> None:
-        g = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        self._grad_w = g if self._grad_w is None else self._grad_w + g
+    def _keep_gradient(self, grad_out: torch.Tensor, x: torch.Tensor) -> None:
+        self._grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
 
     def unwatch(self) -> None:
         for h in self._hooks:
