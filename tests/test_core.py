@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from conftest import TinyTask, tiny_model
@@ -125,6 +127,40 @@ def test_events_stream_in_order():
 
 
 # -- run store ------------------------------------------------------------------------------------------------
+
+def test_run_metrics_can_be_read_while_another_thread_logs():
+    # the dashboard reads a live run's metrics while the training thread appends to them
+    import threading
+
+    from workbench.runs import Run
+
+    run, done, errors, sizes = Run(id="live", config={}), threading.Event(), [], []
+
+    def writer():
+        for i in range(50_000):
+            run.log(i, "loss", "", "train", float(i))
+            if i % 500 == 0:
+                time.sleep(0.001)  # let the reader in, mid-stream
+        done.set()
+
+    def reader():
+        try:
+            while not done.is_set():
+                frame = run.metrics
+                assert list(frame.step) == list(range(len(frame)))  # a consistent prefix, never torn
+                sizes.append(len(frame))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(sizes) > 1 and sizes == sorted(sizes)
+    assert len(run.metrics) == 50_000  # the cache follows the appends
+
 
 def test_run_store_round_trip(tmp_path):
     store = RunStore(tmp_path)

@@ -49,12 +49,11 @@ class Run:
     adaptation: Any = None
     path: Path | None = None
     _rows: list[tuple] = field(default_factory=list, repr=False)
-    _frame: pd.DataFrame | None = field(default=None, repr=False)
+    _frame: tuple[int, pd.DataFrame] | None = field(default=None, repr=False)  # (rows it holds, the frame)
 
     # -- recording -------------------------------------------------------------------------------------------
     def log(self, step: int, probe: str, module: str, key: str, value: float) -> None:
         self._rows.append((int(step), probe, module, key, float(value)))
-        self._frame = None
 
     def add_snapshot(self, step: int, probe: str, module: str, name: str, tensor: torch.Tensor) -> None:
         self.snapshots[(int(step), probe, module, name)] = tensor.detach().to("cpu", torch.float32).contiguous()
@@ -62,10 +61,12 @@ class Run:
     # -- reading ---------------------------------------------------------------------------------------------
     @property
     def metrics(self) -> pd.DataFrame:
-        """All records as a long DataFrame (step, probe, module, key, value)."""
-        if self._frame is None:
-            self._frame = pd.DataFrame(self._rows, columns=METRIC_COLUMNS)
-        return self._frame
+        """All records as a long DataFrame (step, probe, module, key, value). Safe to read while training appends
+        from another thread (the dashboard does): it reads a snapshot of the first n rows, cached by n."""
+        n = len(self._rows)
+        if self._frame is None or self._frame[0] != n:
+            self._frame = (n, pd.DataFrame(self._rows[:n], columns=METRIC_COLUMNS))
+        return self._frame[1]
 
     @property
     def variant(self) -> str:
