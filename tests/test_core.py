@@ -128,18 +128,21 @@ def test_events_stream_in_order():
 
 # -- run store ------------------------------------------------------------------------------------------------
 
-def test_run_metrics_can_be_read_while_another_thread_logs():
-    # the dashboard reads a live run's metrics while the training thread appends to them
+def test_a_run_can_be_read_while_another_thread_logs_to_it():
+    # the dashboard reads a live run's metrics and snapshots while the training thread adds to them
     import threading
 
     from workbench.runs import Run
 
     run, done, errors, sizes = Run(id="live", config={}), threading.Event(), [], []
+    zero = torch.zeros(1)
 
     def writer():
-        for i in range(50_000):
+        for i in range(20_000):
             run.log(i, "loss", "", "train", float(i))
-            if i % 500 == 0:
+            if i % 10 == 0:
+                run.add_snapshot(i, "spectra", f"m{i % 7}", "sigma", zero)
+            if i % 200 == 0:
                 time.sleep(0.001)  # let the reader in, mid-stream
         done.set()
 
@@ -149,6 +152,8 @@ def test_run_metrics_can_be_read_while_another_thread_logs():
                 frame = run.metrics
                 assert list(frame.step) == list(range(len(frame)))  # a consistent prefix, never torn
                 sizes.append(len(frame))
+                run.snapshot_steps("spectra", "sigma")
+                run.snapshot_modules("spectra", "sigma")
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -159,7 +164,7 @@ def test_run_metrics_can_be_read_while_another_thread_logs():
         t.join()
     assert not errors, errors[0]
     assert len(sizes) > 1 and sizes == sorted(sizes)
-    assert len(run.metrics) == 50_000  # the cache follows the appends
+    assert len(run.metrics) == 20_000  # the cache follows the appends
 
 
 def test_run_store_round_trip(tmp_path):

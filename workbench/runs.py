@@ -86,8 +86,8 @@ class Run:
         return m[(m.probe == probe) & (m.key == key)][["step", "value"]].reset_index(drop=True)
 
     def snapshot_steps(self, probe: str, name: str, module: str | None = None) -> list[int]:
-        return sorted({s for (s, p, mod, n) in self.snapshots if p == probe and n == name
-                       and (module is None or mod == module)})
+        keys = list(self.snapshots)  # one atomic copy: training may add snapshots from another thread
+        return sorted({s for (s, p, mod, n) in keys if p == probe and n == name and (module is None or mod == module)})
 
     def snapshot(self, probe: str, name: str, module: str, step: int | None = None) -> torch.Tensor | None:
         """The latest snapshot at or before ``step`` (the last one when ``step`` is None)."""
@@ -96,7 +96,7 @@ class Run:
 
     def snapshot_modules(self, probe: str, name: str) -> list[str]:
         seen: dict[str, None] = {}
-        for (_, p, mod, n) in self.snapshots:
+        for (_, p, mod, n) in list(self.snapshots):
             if p == probe and n == name:
                 seen.setdefault(mod, None)
         return list(seen)
