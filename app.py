@@ -18,7 +18,7 @@ import gradio as gr  # noqa: E402
 
 from workbench.dashboard import callbacks as cb  # noqa: E402
 from workbench.dashboard.forms import config_table  # noqa: E402
-from workbench.variant import ConfigError  # noqa: E402
+from workbench.errors import ConfigError  # noqa: E402
 
 THEME = gr.themes.Default(font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
                           font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])

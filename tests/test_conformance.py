@@ -14,7 +14,7 @@ from conftest import TinyTask, tiny_model
 
 import workbench as wb
 
-INFOS = wb.variants()
+INFOS = wb.variant_infos()
 NAMES = [v.name for v in INFOS]
 X = torch.randn(8, 32, generator=torch.Generator().manual_seed(123))
 

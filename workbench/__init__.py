@@ -8,32 +8,32 @@ The public API (see DESIGN.md)::
     wb.figures.loss_curves(run).show()
 """
 
-# Import the variant and recipe packages first (this registers every method). The package ``workbench.variants``
-# is then shadowed by the function ``workbench.variants()`` below, which is the public name.
+# Import the variant and recipe packages first: this registers every method. ``workbench.variants`` stays the
+# package; calling it (the old spelling of ``variant_infos()``) still works, with a DeprecationWarning.
 from . import recipes, variants  # noqa: F401  isort: skip
 from . import figures, tasks
 from .adapt import Adaptation, adapt, load_adaptation, match_targets
 from .compare import Comparison, compare
 from .runs import Run, RunStore
 from .train import train
-from .variant import (  # noqa: F811  the function variants() replaces the package of that name (see above)
-    ConfigError,
+from .errors import ConfigError
+from .options import Options, param
+from .variant import (
     Shared,
     Variant,
     VariantConfig,
     VariantInfo,
     VariantLayer,
     get_variant,
-    param,
     register,
+    variant_infos,
     variant_names,
     variant_table,
-    variants,
 )
 
 __version__ = "0.1.0"
 
 __all__ = ["ConfigError", "Shared", "Variant", "VariantConfig", "VariantInfo", "VariantLayer", "get_variant",
-           "param", "register", "variant_names", "variant_table", "variants", "Adaptation", "adapt",
+           "param", "Options", "register", "variant_infos", "variant_names", "variant_table", "variants", "Adaptation", "adapt",
            "load_adaptation", "match_targets", "tasks", "figures", "train", "compare", "Comparison", "Run",
            "RunStore", "__version__"]

@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .variant import ConfigError, Shared, Variant, VariantLayer, get_variant
+from .errors import ConfigError
+from .variant import Shared, Variant, VariantLayer, get_variant
 
 __all__ = ["adapt", "Adaptation", "load_adaptation", "match_targets"]
 

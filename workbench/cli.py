@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .variant import ConfigError
+from .errors import ConfigError
 
 
 def _value(text: str):

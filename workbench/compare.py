@@ -19,7 +19,8 @@ from . import tasks as task_registry
 from .adapt import adapt
 from .runs import Run, RunStore
 from .train import train
-from .variant import ConfigError, get_variant
+from .errors import ConfigError
+from .variant import get_variant
 
 __all__ = ["compare", "Comparison", "config_for_budget", "DEFAULT_LRS"]
 

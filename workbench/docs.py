@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .variant import variants
+from .variant import variant_infos
 
 HEADER = """# Variants
 
@@ -27,7 +27,7 @@ def _defaults(config) -> str:
 def variants_markdown() -> str:
     rows = ["| key | family | paper | defaults | linear ΔW | dynamic | simplified / unconfirmed |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for v in variants():
+    for v in variant_infos():
         rows.append(f"| `{v.name}` | {v.family} | {_cell(v.paper)} | {_cell(_defaults(v.config))} | "
                     f"{'yes' if v.linear_delta else 'no'} | {'yes' if v.dynamic else 'no'} | "
                     f"{_cell(v.cls.notes) or '—'} |")

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from .adapt import Adaptation
-from .variant import ConfigError
+from .errors import ConfigError
 
 __all__ = ["export_peft", "save_merged"]
 

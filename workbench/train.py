@@ -23,7 +23,8 @@ from .adapt import Adaptation, adapt
 from .probes import ProbeContext, get_probes
 from .recipes import get_recipe
 from .runs import Run, RunStore, new_run_id
-from .variant import ConfigError, get_variant
+from .errors import ConfigError
+from .variant import get_variant
 
 __all__ = ["train", "TrainingStopped"]
 

@@ -16,16 +16,17 @@ schedules) and :meth:`Variant.prepare` (before the optimizer is built: data-driv
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pandas as pd
 import torch
 from torch import nn
+
+from .errors import ConfigError
+from .options import Options, Shape, param
 
 __all__ = [
     "ConfigError",
@@ -38,143 +39,19 @@ __all__ = [
     "VariantInfo",
     "register",
     "get_variant",
+    "variant_infos",
     "variants",
     "variant_names",
     "variant_table",
 ]
 
 
-class ConfigError(ValueError):
-    """A bad variant name, config field, target pattern or task option. The message names the culprit and
-    the allowed range."""
-
-
-# --------------------------------------------------------------------------------------------------- configs
-
-Shape = tuple[int, int]  # (out_features, in_features) of one target nn.Linear
-Bound = float | int | Callable[[Shape], float] | None
-
-
-def param(default: Any, *, low: Bound = None, high: Bound = None, choices: Iterable[Any] | None = None,
-          low_open: bool = False, help: str = "") -> Any:
-    """Declare a config field with its allowed range.
-
-    ``low``/``high`` may be numbers or functions of a layer's ``(out, in)`` shape (e.g. ``high=min`` for a rank);
-    shape-dependent bounds are checked against every target layer. ``low_open`` excludes ``low`` itself
-    (``lr > 0``). ``choices`` restricts a field to a finite set.
-    """
-    meta = {"low": low, "high": high, "choices": tuple(choices) if choices is not None else None,
-            "low_open": low_open, "help": help}
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _bound(b: Bound, shape: Shape | None) -> float | None:
-    if b is None:
-        return None
-    if callable(b):
-        return None if shape is None else b(shape)
-    return b
-
-
 @dataclass
-class VariantConfig:
-    """Base class of every variant's config. Subclasses add fields declared with :func:`param`."""
+class VariantConfig(Options):
+    """Base class of every variant's config. Subclasses add fields declared with :func:`param`; ``register`` sets
+    ``variant`` (and ``owner``, the name in error messages) to the variant's key."""
 
     variant: ClassVar[str] = "?"
-
-    @classmethod
-    def fields_info(cls) -> list[dict[str, Any]]:
-        """One dict per field: name, type, default, low, high, choices, help (for forms and docs)."""
-        out = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-            out.append({"name": f.name, "type": _field_type(f, default), "default": default, **f.metadata})
-        return out
-
-    @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> VariantConfig:
-        """Build a config, turning unknown keys into a :class:`ConfigError` with suggestions."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in kwargs:
-            if key not in names:
-                hint = difflib.get_close_matches(key, names, n=3)
-                raise ConfigError(
-                    f"{cls.variant}: unknown config key {key!r}"
-                    + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
-                    + f" Valid keys: {', '.join(names) or '(none)'}."
-                )
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def validate(self, shapes: dict[str, Shape] | None = None) -> None:
-        """Check every field against its declared type and range, for every target layer shape.
-
-        Raises :class:`ConfigError` like
-        ``lora: r=0 is invalid; r must be an integer in [1, 384] for layer encoder.0.query (384x384)``.
-        """
-        shapes = shapes or {}
-        for info in self.fields_info():
-            name, value = info["name"], getattr(self, info["name"])
-            self._check_type(info, value)
-            if info["choices"] is not None and value not in info["choices"]:
-                raise ConfigError(f"{self.variant}: {name}={value!r} is invalid; {name} must be one of "
-                                  f"{', '.join(map(repr, info['choices']))}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise ConfigError(f"{self.variant}: {name}={value!r} is invalid; {name} must be finite")
-                shape_dependent = callable(info["low"]) or callable(info["high"])
-                if shape_dependent and shapes:
-                    for layer, shape in shapes.items():
-                        self._check_range(info, value, layer, shape)
-                else:
-                    self._check_range(info, value, None, None)
-        self.check(shapes)
-
-    def check(self, shapes: dict[str, Shape]) -> None:
-        """Cross-field checks a variant adds (e.g. ``init_r >= target_r``); raise :class:`ConfigError`."""
-
-    def _check_type(self, info: dict, value: Any) -> None:
-        kind, name = info["type"], info["name"]
-        ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-            "str": isinstance(value, str),
-        }.get(kind, True)
-        if not ok:
-            article = "an" if kind == "int" else "a"
-            raise ConfigError(f"{self.variant}: {name}={value!r} is invalid; {name} must be {article} {kind}")
-
-    def _check_range(self, info: dict, value: float, layer: str | None, shape: Shape | None) -> None:
-        low, high = _bound(info["low"], shape), _bound(info["high"], shape)
-        too_low = low is not None and (value <= low if info["low_open"] else value < low)
-        too_high = high is not None and value > high
-        if not (too_low or too_high):
-            return
-        if low is None and high is None:
-            return
-        kind = "an integer" if info["type"] == "int" else "a number"
-        lo = "(-inf" if low is None else ("(" if info["low_open"] else "[") + _fmt(low)
-        hi = "inf)" if high is None else _fmt(high) + "]"
-        where = f" for layer {layer} ({shape[0]}x{shape[1]})" if layer is not None and shape else ""
-        raise ConfigError(f"{self.variant}: {info['name']}={value!r} is invalid; {info['name']} must be {kind} "
-                          f"in {lo}, {hi}{where}")
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def _field_type(f: dataclasses.Field, default: Any) -> str:
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    for name in ("bool", "int", "float", "str"):
-        if t == name:
-            return name
-    return type(default).__name__
 
 
 # ---------------------------------------------------------------------------------------------------- layers
@@ -414,7 +291,7 @@ def register(name: str, *, family: str, paper: str) -> Callable[[type[Variant]],
             raise ValueError(f"variant {name!r} is registered twice ({_REGISTRY[name].__module__} and "
                              f"{cls.__module__})")
         cls.name, cls.family, cls.paper = name, family, paper
-        cls.Config.variant = name
+        cls.Config.variant = cls.Config.owner = name
         _REGISTRY[name] = cls
         return cls
 
@@ -422,11 +299,9 @@ def register(name: str, *, family: str, paper: str) -> Callable[[type[Variant]],
 
 
 def _load_all() -> None:
-    # importing the packages registers every variant and recipe; by module path, since the package attribute
-    # ``workbench.variants`` is the public function of that name
+    # importing the package registers every variant (recipes register themselves in ``workbench.recipes``)
     import importlib
 
-    importlib.import_module("workbench.recipes")
     importlib.import_module("workbench.variants")
 
 
@@ -459,16 +334,25 @@ def _ordered() -> list[type[Variant]]:
     return sorted(_REGISTRY.values(), key=lambda c: rank.get(c.name, len(rank)))
 
 
-def variants() -> list[VariantInfo]:
+def variant_infos() -> list[VariantInfo]:
     """One :class:`VariantInfo` per registered variant, baselines first."""
     return [VariantInfo(c.name, c.family, c.paper, c.summary, c.formula, c.Config, c.linear_delta(), c.dynamic, c)
             for c in _ordered()]
 
 
+def variants() -> list[VariantInfo]:
+    """Deprecated alias of :func:`variant_infos` (the name shadowed the package ``workbench.variants``)."""
+    import warnings
+
+    warnings.warn("workbench.variants() is deprecated; use workbench.variant_infos()", DeprecationWarning,
+                  stacklevel=2)
+    return variant_infos()
+
+
 def variant_table() -> pd.DataFrame:
     """The registry as a DataFrame (one row per variant) for docs, notebooks and the dashboard."""
     rows = []
-    for v in variants():
+    for v in variant_infos():
         defaults = {f["name"]: f["default"] for f in v.config.fields_info()}
         rows.append({"name": v.name, "family": v.family, "paper": v.paper, "linear_delta": v.linear_delta,
                      "dynamic": v.dynamic, "defaults": defaults, "summary": v.summary})

@@ -21,7 +21,8 @@ from ..export import export_peft
 from ..probes.landscape import landscape
 from ..runs import Run, RunStore
 from ..train import train
-from ..variant import ConfigError, get_variant, variants
+from ..errors import ConfigError
+from ..variant import get_variant, variant_infos
 from . import jobs
 from .forms import parse_config, parse_number, parse_task_options
 
@@ -56,7 +57,7 @@ def task_of(run: Run):
 
 
 def variant_names() -> list[str]:
-    return [v.name for v in variants()]
+    return [v.name for v in variant_infos()]
 
 
 def task_names() -> list[str]:

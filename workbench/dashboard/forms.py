@@ -3,36 +3,15 @@ range, parsed back into typed values with errors that name the field; and task o
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 
-from ..variant import ConfigError, get_variant
+from ..errors import ConfigError
+from ..options import allowed, parse_value
+from ..variant import get_variant
 
 COLUMNS = ["field", "value", "allowed", "help"]
-
-
-def _bound(b) -> str | None:
-    if b is None:
-        return None
-    if callable(b):
-        return "min(out, in)" if b is min else "depends on the layer"
-    return f"{b:g}" if isinstance(b, float) else str(b)
-
-
-def allowed(info: dict) -> str:
-    """A short human description of a field's type and range."""
-    if info["choices"] is not None:
-        return "one of " + ", ".join(map(str, info["choices"]))
-    if info["type"] == "bool":
-        return "true or false"
-    if info["type"] in ("int", "float"):
-        lo, hi = _bound(info["low"]), _bound(info["high"])
-        kind = "integer" if info["type"] == "int" else "number"
-        left = "(" if info["low_open"] else "["
-        return f"{kind} in {left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-    return info["type"]
 
 
 def config_table(variant: str) -> pd.DataFrame:
@@ -40,31 +19,6 @@ def config_table(variant: str) -> pd.DataFrame:
     infos = get_variant(variant).Config.fields_info()
     return pd.DataFrame([{"field": f["name"], "value": str(f["default"]), "allowed": allowed(f),
                           "help": f.get("help", "")} for f in infos], columns=COLUMNS)
-
-
-def _parse(info: dict, text: Any, variant: str):
-    name, kind = info["name"], info["type"]
-    raw = str(text).strip()
-    try:
-        if kind == "int":
-            value = float(raw)
-            if not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind == "float":
-            value = float(raw)
-            if math.isnan(value):
-                raise ValueError
-            return value
-        if kind == "bool":
-            if raw.lower() in ("true", "1", "yes", "on"):
-                return True
-            if raw.lower() in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"{variant}: {name}={raw!r} is invalid; {name} must be {allowed(info)}") from None
-    return raw
 
 
 def parse_config(variant: str, table: pd.DataFrame | list | None) -> dict[str, Any]:
@@ -78,7 +32,7 @@ def parse_config(variant: str, table: pd.DataFrame | list | None) -> dict[str, A
         name = str(row["field"]).strip()
         if name not in infos:
             raise ConfigError(f"{variant}: unknown config key {name!r}; valid keys: {', '.join(infos)}")
-        out[name] = _parse(infos[name], row["value"], variant)
+        out[name] = parse_value(infos[name], row["value"], variant)
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from ..variant import ConfigError
+from ..errors import ConfigError
 from .base import Probe, ProbeContext, ProbeResult
 from .frequency import FrequencyProbe
 from .gradients import GradientsProbe

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call
 
-from ..variant import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["landscape", "filter_normalized_direction"]
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import torch
 
-from ..variant import ConfigError
+from ..errors import ConfigError
 
 _RECIPES: dict[str, type[Recipe]] = {}
 

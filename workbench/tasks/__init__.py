@@ -10,7 +10,7 @@ import difflib
 import inspect
 from collections.abc import Callable
 
-from ..variant import ConfigError
+from ..errors import ConfigError
 from .base import Task
 from .synthetic import STRUCTURES, SyntheticTask
 

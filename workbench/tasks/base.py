@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..variant import ConfigError
+from ..errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
 

@@ -35,7 +35,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from ..variant import ConfigError
+from ..errors import ConfigError
 from .base import Batch, Task, check_option, frozen, index_stream
 
 STRUCTURES = ("lowrank", "fullrank", "dct", "wht", "sparse", "lowrank+sparse", "mixed")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..variant import ConfigError
+from ..errors import ConfigError
 from .base import Batch, Task, atomic_save, cache_dir, cache_key, check_option, frozen, index_stream
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"

@@ -6,6 +6,8 @@ Importing this package imports every module below it, which registers each varia
 
 import importlib
 import pkgutil
+import sys
+import types
 
 
 def _import_all() -> None:
@@ -14,3 +16,20 @@ def _import_all() -> None:
 
 
 _import_all()
+
+
+class _CallablePackage(types.ModuleType):
+    """``workbench.variants`` is this package; calling it is the deprecated spelling of
+    ``workbench.variant_infos()`` (it was once a function that shadowed the package)."""
+
+    def __call__(self):
+        import warnings
+
+        from ..variant import variant_infos
+
+        warnings.warn("workbench.variants() is deprecated; use workbench.variant_infos()", DeprecationWarning,
+                      stacklevel=2)
+        return variant_infos()
+
+
+sys.modules[__name__].__class__ = _CallablePackage
