@@ -14,10 +14,10 @@ from . import recipes, variants  # noqa: F401  isort: skip
 from . import figures, tasks
 from .adapt import Adaptation, adapt, load_adaptation, match_targets
 from .compare import Comparison, compare
-from .runs import Run, RunStore
-from .train import train
 from .errors import ConfigError
 from .options import Options, param
+from .runs import Run, RunStore
+from .train import train
 from .variant import (
     Shared,
     Variant,
@@ -33,7 +33,7 @@ from .variant import (
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "Shared", "Variant", "VariantConfig", "VariantInfo", "VariantLayer", "get_variant",
-           "param", "Options", "register", "variant_infos", "variant_names", "variant_table", "variants", "Adaptation", "adapt",
-           "load_adaptation", "match_targets", "tasks", "figures", "train", "compare", "Comparison", "Run",
+__all__ = ["ConfigError", "Options", "param", "Shared", "Variant", "VariantConfig", "VariantInfo", "VariantLayer",
+           "get_variant", "register", "variant_infos", "variant_names", "variant_table", "variants", "Adaptation",
+           "adapt", "load_adaptation", "match_targets", "tasks", "figures", "train", "compare", "Comparison", "Run",
            "RunStore", "__version__"]

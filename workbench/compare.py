@@ -17,9 +17,9 @@ import pandas as pd
 
 from . import tasks as task_registry
 from .adapt import adapt
+from .errors import ConfigError
 from .runs import Run, RunStore
 from .train import train
-from .errors import ConfigError
 from .variant import get_variant
 
 __all__ = ["compare", "Comparison", "config_for_budget", "DEFAULT_LRS"]

@@ -20,10 +20,10 @@ import torch
 
 from . import tasks as task_registry
 from .adapt import Adaptation, adapt
+from .errors import ConfigError
 from .probes import ProbeContext, get_probes
 from .recipes import get_recipe
 from .runs import Run, RunStore, new_run_id
-from .errors import ConfigError
 from .variant import get_variant
 
 __all__ = ["train", "TrainingStopped"]

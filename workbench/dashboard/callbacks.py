@@ -17,11 +17,11 @@ import pandas as pd
 from .. import figures, tasks
 from ..adapt import adapt
 from ..compare import compare
+from ..errors import ConfigError
 from ..export import export_peft
 from ..probes.landscape import landscape
 from ..runs import Run, RunStore
 from ..train import train
-from ..errors import ConfigError
 from ..variant import get_variant, variant_infos
 from . import jobs
 from .forms import parse_config, parse_number, parse_task_options
