@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import workbench as wb
+from workbench.events import StepContext
 from workbench.recipes import get_recipe
 
 BATCH, TOKENS = 16, 64
@@ -89,10 +90,9 @@ def ours(base, emb, name):
     """Our step, with the variant's paper defaults (LoRA family: r=8, PEFT's default too)."""
     model = copy.deepcopy(base)
     ad = wb.adapt(model, name, TARGETS)
-    ad.total_steps, ad.lr = 10_000, 1e-4
     ad.train()
     opt = get_recipe(ad.variant.default_recipe)(ad, 1e-4).optimizer  # the variant's own parameter groups
-    return adapter_step(model, emb, on_step=lambda i, o: ad.variant.on_step(ad, i, o), opt=opt)
+    return adapter_step(model, emb, on_step=lambda i, o: ad.variant.on_step(StepContext(ad, i, total_steps=10_000, lr=1e-4, optimizer=o)), opt=opt)
 
 
 def theirs(base, emb, name):

@@ -12,6 +12,7 @@ from conftest import tiny_model
 from safetensors.torch import load_file
 
 import workbench as wb
+from workbench.events import StepContext
 
 peft = pytest.importorskip("peft")
 X = torch.randn(5, 7, 32, generator=torch.Generator().manual_seed(3))
@@ -206,9 +207,8 @@ def _dense_gradient(task, names, n_batches: int) -> dict[str, torch.Tensor]:
 def test_lora_sb_starts_at_the_best_rank_r_approximation_of_the_first_step():
     task, r, lr = wb.tasks.get("synthetic:fullrank"), 6, 0.01
     ad = wb.adapt(task.model(), "lora-sb", task.targets, r=r, init_batches=2)
-    ad.lr = lr  # train() sets it: η of the first step
     batches = task.batches("train", batch_size=32, seed=0)
-    ad.variant.prepare(ad, task, batches)
+    ad.variant.prepare(StepContext.standalone(ad, total_steps=10, lr=lr, task=task), batches)  # η: the run's lr
     assert ad.num_trainable() == len(ad.module_names) * r * r
     for name, g in _dense_gradient(task, ad.module_names, 2).items():
         approx = -lr * torch.sign(g)  # ΔW_approx = −η sign(G) (LoRA-SB §4, Algorithm 1)

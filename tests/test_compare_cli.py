@@ -4,22 +4,85 @@ from __future__ import annotations
 
 import pickle
 import sys
+import warnings
 
 import pytest
-from conftest import TinyTask
+from conftest import TinyTask, tiny_model
+from torch import nn
 
 import workbench as wb
 from workbench.cli import main
-from workbench.compare import config_for_budget, count_params
+from workbench.compare import BudgetWarning, _size_field, config_for_budget, count_params, match_budget
+
+
+class HeadTask(TinyTask):
+    """TinyTask with a non-adapted 32→2 head after the two targets (as text:sst2's 384→2 classifier)."""
+
+    def model(self) -> nn.Module:
+        return nn.Sequential(*tiny_model(), nn.Linear(32, 2).requires_grad_(False))
+
+    def loss(self, model, batch):
+        return model(batch["x"]).square().mean()
 
 
 def test_budget_matching_picks_the_closest_rank():
     task = TinyTask()
     # LoRA on 32→64 and 64→32 layers costs r·(32+64)·2 = 192 r parameters
-    cfg = config_for_budget(task, "lora", 192 * 5 + 10)
-    assert cfg["r"] == 5
-    assert count_params(task, "lora", **cfg) == 960
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within one step of r: no budget warning
+        match = match_budget(task, "lora", 192 * 5 + 10)
+    assert (match.field, match.value, match.reached, match.step) == ("r", 5, 960, 192) and not match.missed
+    assert config_for_budget(task, "lora", 192 * 5 + 10) == {"r": 5}
+    assert count_params(task, "lora", **match.config) == 960
     assert config_for_budget(task, "full", 100) == {}  # nothing to tune: used as it is
+
+
+def test_a_non_adapted_head_does_not_cap_the_size_field():
+    task = HeadTask()
+    assert task.model()[3].out_features == 2  # counting every linear layer would cap r at 2
+    assert match_budget(task, "lora", 192 * 5 + 10).config == {"r": 5}
+    assert match_budget(task, "lora", 192 * 20).value == 20  # up to the targets' own cap, min(32, 64) = 32
+
+
+def test_a_budget_beyond_the_size_fields_reach_warns():
+    with pytest.warns(BudgetWarning, match=r"lora: budget=100,000 not reached .* r=32 gives 6,144 trainable"):
+        match = match_budget(HeadTask(), "lora", 100_000)
+    assert match.missed and (match.value, match.reached) == (32, 6144)  # the targets allow r ≤ 32
+    with pytest.warns(BudgetWarning, match="exceeded"):  # DoRA's magnitudes alone (96) cost more than 10 + a step
+        assert match_budget(TinyTask(), "dora", 10).value == 1
+
+
+SIZED = [n for n in wb.variant_names() if n != "full"]
+
+
+def test_only_full_fine_tuning_has_nothing_to_size():
+    unsized = [n for n in wb.variant_names() if _size_field(n) is None]
+    assert unsized == ["full"], f"variants without a size field for compare(budget=...): {unsized}"
+
+
+@pytest.mark.parametrize("name", SIZED)
+def test_every_size_field_moves_the_count_and_is_matched(name):
+    """The size field is an integer option whose count changes monotonically, and matching a budget that some
+    value of the field gives exactly finds a value that gives it."""
+    task, cls = TinyTask(), wb.get_variant(name)
+    field = _size_field(name)
+    info = next(f for f in cls.Config.fields_info() if f["name"] == field)
+    assert info["type"] == "int", f"{name}: size field {field} is {info['type']}"
+    anchor = cls.example_config.get(field, info["default"])
+    counts = {}
+    for v in sorted({1, 2, anchor - 1, anchor, anchor + 1, 2 * anchor} - {0}):
+        try:
+            counts[v] = count_params(task, name, **{**cls.example_config, field: v})
+        except wb.ConfigError:
+            pass
+    seq = list(counts.values())
+    assert len(set(seq)) > 1, f"{name}: {field} does not change the trainable-parameter count {counts}"
+    assert seq == sorted(seq) or seq == sorted(seq, reverse=True), f"{name}: count not monotone in {field}: {counts}"
+    budget = counts[anchor]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        match = match_budget(task, name, budget, **cls.example_config)
+    assert match.reached == budget and counts.get(match.value, budget) == budget
 
 
 def test_sweep_picks_the_best_rate_on_validation_and_reuses_it():

@@ -13,6 +13,7 @@ import torch
 from conftest import TinyTask, tiny_model
 
 import workbench as wb
+from workbench.events import StepContext
 
 INFOS = wb.variant_infos()
 NAMES = [v.name for v in INFOS]
@@ -59,8 +60,8 @@ def test_variants_that_say_they_change_the_output_at_init_do(name):
     model = task.model()
     before = model(X)
     ad = wb.adapt(model, name, task.targets, **wb.get_variant(name).example_config)
-    ad.lr = 1e-2
-    ad.variant.prepare(ad, task, task.batches("train", batch_size=32, seed=0))
+    ctx = StepContext.standalone(ad, total_steps=10, lr=1e-2, task=task)
+    ad.variant.prepare(ctx, task.batches("train", batch_size=32, seed=0))
     assert not torch.allclose(ad.model(X), before, atol=1e-7, rtol=0)
 
 
@@ -139,8 +140,8 @@ def test_only_adapter_tensors_train(name):
     frozen_at_start, adapter_ids = {}, set()
 
     def on_event(event):
-        if event["type"] == "start":  # before training: what is adapter and what is frozen
-            ad = event["run"].adaptation
+        if event.type == "start":  # before training: what is adapter and what is frozen
+            ad = event.run.adaptation
             adapter_ids.update(id(p) for p in ad.parameters() if p.requires_grad)
             frozen_at_start.update({n: p.detach().clone() for n, p in ad.model.named_parameters()
                                     if id(p) not in adapter_ids})

@@ -112,16 +112,28 @@ def test_bad_training_settings_are_config_errors():
 
 def test_stop_ends_the_run_early():
     calls = []
-    run = train(TinyTask(), "lora", steps=500, probes=(), progress=False, every=5,
-                stop=lambda: len(calls) > 2, callback=lambda e: calls.append(e["type"]) if e["type"] == "progress"
-                else None)
+
+    def stop_after_three(event):
+        if event.type == "progress":
+            calls.append(event)
+            if len(calls) == 3:
+                event.control.stop()
+
+    run = train(TinyTask(), "lora", steps=500, probes=(), progress=False, every=5, callback=stop_after_three)
     assert run.status == "stopped"
-    assert run.summary["steps_done"] < 500
+    assert run.summary["steps_done"] == 11  # checks after steps 0, 5 and 10, then the stop is honoured
+
+
+def test_a_control_stops_the_run_from_outside():
+    control = wb.TrainControl()
+    control.stop()
+    run = train(TinyTask(), "lora", steps=50, probes=(), progress=False, control=control)
+    assert run.status == "stopped" and run.summary["steps_done"] == 0
 
 
 def test_events_stream_in_order():
     types = []
-    train(TinyTask(), "lora", steps=25, probes=(), progress=False, every=10, callback=lambda e: types.append(e["type"]))
+    train(TinyTask(), "lora", steps=25, probes=(), progress=False, every=10, callback=lambda e: types.append(e.type))
     assert types[0] == "start" and types[-1] == "end"
     assert types.count("progress") >= 3
 

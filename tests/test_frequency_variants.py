@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_model
 
 import workbench as wb
+from workbench.events import StepContext
 
 peft = pytest.importorskip("peft")
 X = torch.randn(5, 7, 32, generator=torch.Generator().manual_seed(3))
@@ -77,7 +78,7 @@ def test_qwha_init_corrects_more_quantization_error_than_zero_or_svd_lora(bits, 
     r = 4
     ad = wb.adapt(task.model(), "qwha", task.targets, r=r, bits=bits, quantizer=quantizer, group_size=32,
                   calib_batches=8)
-    ad.variant.prepare(ad, task, task.batches("train", batch_size=64, seed=0))
+    ad.variant.prepare(StepContext.standalone(ad, total_steps=10, task=task), task.batches("train", batch_size=64))
     x = torch.cat([b["x"] for b, _ in zip(task.batches("val", batch_size=256), range(2))])
     seen = {}  # each layer's real inputs on held-out data
     hooks = [layer.register_forward_hook(lambda m, a, o, n=name: seen.__setitem__(n, a[0].detach()))

@@ -132,8 +132,8 @@ def test_landscape_interpolation_ends_at_init_and_trained_losses():
     init_state = {}
 
     def grab(event):
-        if event["type"] == "start":
-            ad = event["run"].adaptation
+        if event.type == "start":
+            ad = event.run.adaptation
             ids = {id(p) for p in ad.parameters() if p.requires_grad}
             init_state.update({n: p.detach().clone() for n, p in ad.model.named_parameters() if id(p) in ids})
 

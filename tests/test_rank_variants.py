@@ -8,6 +8,7 @@ from conftest import tiny_model
 from scipy.stats import spearmanr
 
 import workbench as wb
+from workbench.events import StepContext
 from workbench.variants.rank.sora import compact
 
 X = torch.randn(9, 32, generator=torch.Generator().manual_seed(4))
@@ -55,7 +56,7 @@ def test_increlora_importance_is_the_code_score_on_the_pre_step_update():
     with torch.no_grad():
         for e in layer.e_blocks:
             e.normal_()
-    ad.variant.prepare(ad, None, None)
+    ad.variant.prepare(StepContext.standalone(ad, total_steps=10), None)
     delta = layer.delta_weight().detach()
     ad.model(X).pow(2).sum().backward()
     ad.model(X).pow(2).sum().backward()  # a second pass (a gradient probe on the same batch) is not counted twice
@@ -78,7 +79,7 @@ def test_increlora_new_ranks_get_their_own_group_with_fresh_moments_and_a_warmup
         opt.zero_grad()
         ad.model(X).pow(2).mean().backward()
         opt.step()
-        ad.variant.on_step(ad, step, opt)
+        ad.variant.on_step(StepContext(ad, step, total_steps=4, lr=0.1, optimizer=opt))
     groups = [g for g in opt.param_groups if g.get("name") == "increlora-new-ranks"]
     assert [g["added"] for g in groups] == [0, 1, 2]  # budget 8 = 2 × 1 to start + 3 growths of k = 2
     assert [g["lr"] for g in groups] == pytest.approx([0.1 * 3 / 4, 0.1 * 2 / 4, 0.1 * 1 / 4])
@@ -142,7 +143,7 @@ def test_sora_proximal_step_is_a_soft_threshold():
     with torch.no_grad():
         layer.gate.copy_(torch.tensor([0.5, -0.5, 0.01, -0.02]))
     opt = torch.optim.SGD([{"params": [layer.gate], "lr": 0.01, "name": "gates"}])
-    ad.variant.on_step(ad, 0, opt)
+    ad.variant.on_step(StepContext(ad, 0, total_steps=100, lr=0.01, optimizer=opt))
     torch.testing.assert_close(layer.gate.detach(), torch.tensor([0.48, -0.48, 0.0, 0.0]))
 
 
@@ -159,7 +160,6 @@ def test_adalora_matches_peft_forward_regularizer_budget_and_masks():
     total = 10
     pm = _peft_adalora(total)
     ad = wb.adapt(tiny_model(), "adalora", ["0", "2"], r=6, target_r=3, alpha=32.0, tinit=2, tfinal=2, delta_t=1)
-    ad.total_steps = total
     with torch.no_grad():  # same tensors in both
         for name, layer in ad.named_layers():
             t = pm.base_model.model.get_submodule(name)
@@ -182,7 +182,7 @@ def test_adalora_matches_peft_forward_regularizer_budget_and_masks():
         for model in (ad.model, pm):
             model.zero_grad()
             torch.nn.functional.mse_loss(model(X), y).backward()
-        ad.variant.on_step(ad, step, opt)
+        ad.variant.on_step(StepContext(ad, step, total_steps=total, lr=0.0, optimizer=opt))
         pm.base_model.update_and_allocate(step)
         assert ad.variant.allocator.budget(step) == allocator.budget_schedule(step)
         for name, layer in ad.named_layers():

@@ -223,9 +223,9 @@ def test_comp_lora_update_stays_orthogonal_to_the_top_k_subspace_throughout_trai
         seen = {}
 
         def check(event):
-            if event["type"] == "progress":
-                ad = event["run"].adaptation
-                step = max(int(row[0]) for row in event["rows"])  # rows are (step, probe, module, key, value)
+            if event.type == "progress":
+                ad = event.run.adaptation
+                step = max(int(row[0]) for row in event.rows)  # rows are (step, probe, module, key, value)
                 seen[step] = max(_leak(layer, u_k[name]) for name, layer in ad.named_layers())
 
         run = wb.train(task, variant, steps=120, lr=1e-2, every=10, callback=check, **QUICK, **cfg)

@@ -15,8 +15,10 @@ from . import figures, tasks
 from .adapt import Adaptation, adapt, load_adaptation, match_targets
 from .compare import Comparison, compare
 from .errors import ConfigError
+from .events import Callback, StepContext, TrainControl
 from .options import Options, param
 from .runs import Run, RunStore
+from .settings import Preset, TrainSettings
 from .train import train
 from .variant import (
     Shared,
@@ -36,4 +38,4 @@ __version__ = "0.1.0"
 __all__ = ["ConfigError", "Options", "param", "Shared", "Variant", "VariantConfig", "VariantInfo", "VariantLayer",
            "get_variant", "register", "variant_infos", "variant_names", "variant_table", "variants", "Adaptation",
            "adapt", "load_adaptation", "match_targets", "tasks", "figures", "train", "compare", "Comparison", "Run",
-           "RunStore", "__version__"]
+           "RunStore", "TrainSettings", "Preset", "TrainControl", "StepContext", "Callback", "__version__"]

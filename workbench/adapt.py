@@ -3,6 +3,10 @@
 The returned :class:`Adaptation` is the handle everything else works through: the training loop, the probes,
 the run store and the exporters. It can merge, unmerge, disable, remove (restoring the original module objects)
 and save itself as ``adapter.safetensors`` + ``adaptation.json``.
+
+``modules_to_save`` (PEFT's name) lists modules that are not wrapped but trained in full beside the adapters, such
+as a classifier head: they are unfrozen in place, counted by ``num_trainable()``, saved under the
+``modules_to_save.`` prefix and restored by :func:`load_adaptation`.
 """
 
 from __future__ import annotations
@@ -13,21 +17,22 @@ import fnmatch
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import ConfigError
+from .io import atomic_save_safetensors, atomic_write_json
 from .variant import Shared, Variant, VariantLayer, get_variant
 
 __all__ = ["adapt", "Adaptation", "load_adaptation", "match_targets"]
 
 FORMAT_VERSION = 1
+SAVED_PREFIX = "modules_to_save."  # tensors of the modules trained in full, in adapter.safetensors
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -75,13 +80,16 @@ class Adaptation(nn.Module):
     """A model adapted with one variant. ``layers`` maps module names to their :class:`VariantLayer`s;
     ``shared`` is the variant's :class:`Shared` module or ``None``.
 
-    It is an ``nn.Module`` so that ``parameters()`` are exactly the adapter's trainable tensors (layers and
-    shared), ``.to(device)`` moves them, and ``state_dict()`` is the adapter state. The wrapped model itself is
-    held as a plain attribute, not a submodule, so its frozen weights are not counted here.
+    It is an ``nn.Module`` so that ``parameters()`` are exactly the adapter's trainable tensors (layers, shared
+    and the modules trained in full), ``.to(device)`` moves them, and ``state_dict()`` is the adapter state. The
+    wrapped model itself is held as a plain attribute, not a submodule, so its frozen weights are not counted here.
+    ``saved`` maps the names of the modules trained in full (``modules_to_save``) to those very modules of the
+    model (registered here too, not copied).
     """
 
     def __init__(self, model: nn.Module, variant: Variant, layers: dict[str, VariantLayer], shared: Shared | None,
-                 targets: list[str], originals: dict[str, nn.Module], requires_grad: dict[str, bool], seed: int):
+                 targets: list[str], originals: dict[str, nn.Module], requires_grad: dict[str, bool], seed: int,
+                 saved: dict[str, nn.Module] | None = None):
         super().__init__()
         self.__dict__["model"] = model
         self.variant = variant
@@ -93,6 +101,9 @@ class Adaptation(nn.Module):
         self._names = list(layers)
         self.__dict__["_originals"] = originals
         self._requires_grad = requires_grad
+        saved = saved or {}
+        self.saved = nn.ModuleDict({k.replace(".", "/"): v for k, v in saved.items()})
+        self._saved_names = list(saved)
 
     # -- views --------------------------------------------------------------------------------------------
     def named_layers(self) -> Iterator[tuple[str, VariantLayer]]:
@@ -108,6 +119,16 @@ class Adaptation(nn.Module):
         return list(self._names)
 
     @property
+    def modules_to_save(self) -> list[str]:
+        """Names of the model's modules trained in full beside the adapters."""
+        return list(self._saved_names)
+
+    def saved_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """(module name, module) of ``modules_to_save``, in model order."""
+        for n in self._saved_names:
+            yield n, self.saved[n.replace(".", "/")]
+
+    @property
     def variant_name(self) -> str:
         return self.variant.name
 
@@ -115,7 +136,7 @@ class Adaptation(nn.Module):
         return self.model(*args, **kwargs)
 
     def num_trainable(self) -> int:
-        """Trainable adapter elements (shared tensors counted once)."""
+        """Trainable elements: the adapters' (shared tensors counted once) and those of ``modules_to_save``."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
@@ -161,7 +182,10 @@ class Adaptation(nn.Module):
         return self.model
 
     def remove(self) -> nn.Module:
-        """Put the original module objects back and restore their ``requires_grad``; returns the model."""
+        """Put the original module objects back and restore their ``requires_grad``; returns the model.
+
+        The ``modules_to_save`` were trained in place (there is no copy to go back to): they stay as they are,
+        the same objects with their trained weights, frozen again like every other parameter."""
         self.unmerge()
         for name, original in self._originals.items():
             _set_module(self.model, name, original)
@@ -179,40 +203,61 @@ class Adaptation(nn.Module):
         if self.shared is not None:
             for k, v in self.shared.state_dict().items():
                 state[f"shared.{k}"] = v
+        for n, module in self.saved_modules():
+            for k, v in module.state_dict().items():
+                state[f"{SAVED_PREFIX}{n}.{k}"] = v
         return state
 
     def describe(self) -> dict[str, Any]:
         """What ``adaptation.json`` holds: enough to rebuild this adaptation on a fresh model."""
         return {"format": FORMAT_VERSION, "variant": self.variant.name, "config": self.config.to_dict(),
-                "targets": list(self.targets), "modules": self.module_names, "seed": self.seed}
+                "targets": list(self.targets), "modules": self.module_names, "seed": self.seed,
+                "modules_to_save": self.modules_to_save}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``adapter.safetensors`` and ``adaptation.json`` into ``path`` (atomically, file by file)."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.adapter_state().items()}
-        _atomic(out / "adapter.safetensors", lambda p: save_file(tensors, p))
-        _atomic(out / "adaptation.json", lambda p: Path(p).write_text(json.dumps(self.describe(), indent=2)))
+        atomic_save_safetensors(self.adapter_state(), out / "adapter.safetensors")
+        atomic_write_json(out / "adaptation.json", self.describe())
         return out
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def match_modules_to_save(model: nn.Module, names: str | Iterable[str] | None, adapted: list[str]) -> list[str]:
+    """The model's modules named by ``names`` (full names, or PEFT-style bare suffixes like ``"head"``), in model
+    order. A name that matches no module (the error lists close names), a module without parameters, or one that
+    holds or sits inside an adapted layer is a :class:`ConfigError`."""
+    wanted = [names] if isinstance(names, str) else list(names or [])
+    modules = dict(model.named_modules())
+    candidates = [n for n in modules if n]
+    chosen: list[str] = []
+    for want in wanted:
+        hits = [n for n in candidates if n == want or n.endswith("." + want)]
+        if not hits:
+            hint = difflib.get_close_matches(want, candidates, n=3, cutoff=0.3)
+            raise ConfigError(f"modules_to_save: {want!r} names no module of the model"
+                              + (f"; close names: {', '.join(hint)}" if hint else "")
+                              + f". Top-level modules: {', '.join(n for n in candidates if '.' not in n)}")
+        chosen += [n for n in hits if n not in chosen]
+    for n in chosen:
+        if next(modules[n].parameters(), None) is None:
+            raise ConfigError(f"modules_to_save: {n!r} has no parameters to train")
+        clash = [a for a in adapted if a == n or a.startswith(n + ".") or n.startswith(a + ".")]
+        if clash:
+            raise ConfigError(f"modules_to_save: {n!r} overlaps the adapted layer {clash[0]!r}; a module is either "
+                              "adapted (targets) or trained in full (modules_to_save), not both")
+    outermost = [n for n in chosen if not any(n.startswith(o + ".") for o in chosen)]
+    return [n for n in candidates if n in outermost]  # model order
 
 
 def adapt(model: nn.Module, variant: str | type[Variant], targets: str | Iterable[str] | None = None, *,
-          seed: int = 0, **config: Any) -> Adaptation:
+          seed: int = 0, modules_to_save: str | Iterable[str] | None = None, **config: Any) -> Adaptation:
     """Wrap the ``targets`` of ``model`` in place with ``variant``'s layers and freeze everything else.
 
     ``config`` holds the variant's hyper-parameters (unknown keys and out-of-range values raise
     :class:`ConfigError`). ``seed`` makes initialisation deterministic without touching the global RNG.
+    ``modules_to_save`` names modules (e.g. a classifier head) that are not wrapped but trained in full: they are
+    unfrozen and become part of the adaptation's parameters, state and saved file (PEFT's ``modules_to_save``).
     """
     cls = get_variant(variant)
     if targets is None:
@@ -222,6 +267,7 @@ def adapt(model: nn.Module, variant: str | type[Variant], targets: str | Iterabl
     if any(isinstance(m, VariantLayer) for m in model.modules()):
         raise ConfigError("this model is already adapted; call adaptation.remove() first or use a fresh model")
     names = match_targets(model, targets)
+    saved_names = match_modules_to_save(model, modules_to_save, names)
     cfg = cls.Config.from_kwargs(config)
     modules = {n: model.get_submodule(n) for n in names}
     shapes = {n: (m.out_features, m.in_features) for n, m in modules.items()}
@@ -246,8 +292,11 @@ def adapt(model: nn.Module, variant: str | type[Variant], targets: str | Iterabl
             layers[n] = layer
     for n, layer in layers.items():
         _set_module(model, n, layer)
+    saved = {n: model.get_submodule(n) for n in saved_names}
+    for module in saved.values():
+        module.requires_grad_(True)
     return Adaptation(model, var, layers, shared, list([targets] if isinstance(targets, str) else targets),
-                      modules, requires_grad, seed)
+                      modules, requires_grad, seed, saved)
 
 
 def load_adaptation(model: nn.Module, path: str | os.PathLike) -> Adaptation:
@@ -257,13 +306,23 @@ def load_adaptation(model: nn.Module, path: str | os.PathLike) -> Adaptation:
     if not meta_file.exists() or not tensor_file.exists():
         raise FileNotFoundError(f"{path} is not a saved adaptation (needs adaptation.json and adapter.safetensors)")
     meta = json.loads(meta_file.read_text())
-    ad = adapt(model, meta["variant"], meta["targets"], seed=meta["seed"], **meta["config"])
+    ad = adapt(model, meta["variant"], meta["targets"], seed=meta["seed"],
+               modules_to_save=meta.get("modules_to_save", []), **meta["config"])
     if ad.module_names != meta["modules"]:
         raise ConfigError(f"the model's target layers {ad.module_names} differ from the saved ones {meta['modules']}")
     state = load_file(str(tensor_file), device=str(next(ad.model.parameters()).device))
     by_layer: dict[str, dict[str, torch.Tensor]] = {n: {} for n in ad.module_names}
     shared_state = {}
+    saved_state: dict[str, dict[str, torch.Tensor]] = {n: {} for n in ad.modules_to_save}
     for key, value in state.items():
+        if key.startswith(SAVED_PREFIX):
+            rest = key[len(SAVED_PREFIX):]
+            owners = [n for n in ad.modules_to_save if rest.startswith(n + ".")]
+            if not owners:
+                raise ConfigError(f"{tensor_file}: tensor {key!r} belongs to no module of modules_to_save")
+            owner = max(owners, key=len)
+            saved_state[owner][rest[len(owner) + 1:]] = value
+            continue
         if key.startswith("shared."):
             shared_state[key[len("shared."):]] = value
             continue
@@ -276,4 +335,6 @@ def load_adaptation(model: nn.Module, path: str | os.PathLike) -> Adaptation:
         ad.shared.load_state_dict(shared_state, strict=False)
     for n, layer in ad.named_layers():
         layer.load_adapter_state(by_layer[n])
+    for n, module in ad.saved_modules():
+        module.load_state_dict(saved_state[n])  # strict: a missing tensor is an error, not a silent default
     return ad

@@ -8,7 +8,9 @@ closest to the budget. Everything trains through the one ``train()`` loop.
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,13 +18,14 @@ from typing import Any
 import pandas as pd
 
 from . import tasks as task_registry
-from .adapt import adapt
+from .adapt import adapt, match_targets
 from .errors import ConfigError
 from .runs import Run, RunStore
 from .train import train
 from .variant import get_variant
 
-__all__ = ["compare", "Comparison", "config_for_budget", "DEFAULT_LRS"]
+__all__ = ["compare", "Comparison", "config_for_budget", "match_budget", "BudgetMatch", "BudgetWarning",
+           "DEFAULT_LRS"]
 
 DEFAULT_LRS = (3e-3, 1e-2, 3e-2)
 _SIZE_FIELDS = ("r", "n", "rank", "n_coefficients")
@@ -50,10 +53,15 @@ class Comparison:
 
 
 def _size_field(variant) -> str | None:
+    """The config field that sizes ``variant``'s adapter: ``Variant.budget_field`` when the class declares it,
+    else the first of :data:`_SIZE_FIELDS` in its config, else ``None`` (nothing to size: full fine-tuning)."""
     cls = get_variant(variant)
-    explicit = getattr(cls, "budget_field", None)
-    names = [f["name"] for f in cls.Config.fields_info()]
-    if explicit:
+    names = cls.Config.field_names()
+    explicit = cls.budget_field
+    if explicit is not None:
+        if explicit not in names:
+            raise ConfigError(f"{cls.name}: budget_field={explicit!r} is not a field of its config; "
+                              f"fields: {', '.join(names) or '(none)'}")
         return explicit
     return next((n for n in _SIZE_FIELDS if n in names), None)
 
@@ -64,49 +72,165 @@ def count_params(task, variant, targets=None, **config) -> int:
     return ad.num_trainable()
 
 
-def config_for_budget(task, variant, budget: int, targets=None, **config) -> dict[str, Any]:
-    """The config (``config`` plus the size field) whose parameter count is closest to ``budget``.
+class BudgetWarning(UserWarning):
+    """A parameter budget that matching could not come within one step of the size field of."""
 
-    Counts grow monotonically with the size field for every registered variant, so a bisection over the
-    field's allowed range finds the closest value in O(log range) model builds.
+
+@dataclass(frozen=True)
+class BudgetMatch:
+    """What budget matching chose for one variant: its size ``field`` set to ``value`` gives ``reached`` trainable
+    parameters where ``budget`` were asked for. ``step`` is what one unit of the field adds near ``value`` (the
+    larger of its two neighbours' differences), so ``missed`` means the budget lies outside the field's reach on
+    these targets. ``field`` and ``value`` are ``None`` for a variant with nothing to size (full fine-tuning)."""
+
+    variant: str
+    budget: int
+    field: str | None
+    value: int | None
+    reached: int
+    step: int
+    config: dict[str, Any]
+
+    @property
+    def missed(self) -> bool:
+        return self.field is not None and abs(self.reached - self.budget) > self.step
+
+    def message(self) -> str:
+        """One sentence for a warning or a table cell."""
+        if not self.missed:
+            return f"{self.variant}: {self.field}={self.value} gives {self.reached:,} of {self.budget:,} parameters"
+        short = self.reached < self.budget
+        return (f"{self.variant}: budget={self.budget:,} {'not reached' if short else 'exceeded'} by more than one "
+                f"step of {self.field} ({self.step:,} parameters): {self.field}={self.value} gives "
+                f"{self.reached:,} trainable parameters and {self.field} can go no {'higher' if short else 'lower'} "
+                f"on these target layers")
+
+
+def _target_shapes(model, targets) -> list[tuple[int, int]]:
+    """(out, in) of the layers ``adapt()`` would wrap: the one target matcher, so non-adapted layers (a
+    classifier head, an embedding) never bound the size field."""
+    if targets is None:
+        targets = getattr(model, "default_targets", None)
+        if targets is None:
+            raise ConfigError("targets is required (glob patterns of nn.Linear module names, e.g. 'layers.*')")
+    modules = [model.get_submodule(n) for n in match_targets(model, targets)]
+    return [(m.out_features, m.in_features) for m in modules]
+
+
+def _field_range(info: dict[str, Any], shapes: list[tuple[int, int]]) -> tuple[int, int | None]:
+    """The integer range a size field may take on every target layer; ``None`` as the top when unbounded."""
+    low, high = info["low"], info["high"]
+    lo = max(low(s) for s in shapes) if callable(low) else (1 if low is None else low)
+    lo = math.floor(lo) + 1 if info["low_open"] else math.ceil(lo)
+    hi = min(high(s) for s in shapes) if callable(high) else high
+    return max(int(lo), 0), (None if hi is None else math.floor(hi))
+
+
+#: the top of a size field declared without one (VeRA's r): the search gallops up from the bottom, so the top costs
+#: nothing unless a budget needs it, and it keeps a budget beyond reach from building gigabyte-sized bases
+_UNBOUNDED = 2**16
+_POLISH = 2  # values either side of the crossing pair that are also tried
+
+
+def _first(pred: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The smallest v in [lo, hi] with ``pred(v)`` for a predicate that is false, then true (hi + 1 if never):
+    doubling steps from ``lo``, then bisection, so the cost follows the answer rather than the range."""
+    if pred(lo):
+        return lo
+    prev, step = lo, 1
+    while True:
+        v = min(lo + step, hi)
+        if pred(v):
+            break
+        if v == hi:
+            return hi + 1
+        prev, step = v, step * 2
+    lo, hi = prev + 1, v  # pred(prev) is false, pred(hi) is true
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _copy(model, task):
+    """A fresh copy of the task's model to adapt (cheaper than building it again, e.g. loading MiniLM)."""
+    try:
+        return copy.deepcopy(model)
+    except (TypeError, RuntimeError, copy.Error):  # a model that cannot be copied: build another
+        return task.model()
+
+
+def match_budget(task, variant, budget: int, targets=None, **config) -> BudgetMatch:
+    """Set ``variant``'s size field (:func:`_size_field`) to the value whose trainable-parameter count on
+    ``task``'s model is closest to ``budget``, within the range its declaration allows on the *adapted* layers.
+
+    The count is monotone in the size field (growing for most variants, falling for RandLoRA, whose bases get
+    fewer as r grows), and the values the config accepts form one interval around the given (or default) value:
+    :func:`_first` finds that interval's bottom, then the first value that reaches the budget, in O(log value)
+    model builds on copies of one model; the values next to that crossing are tried too. RandLoRA's count is
+    monotone only at a coarse scale (ceil(d/r) bases of r + d parameters: it rises within each run of r with the
+    same number of bases), so its match is the closest value near the crossing, not always the closest overall.
+
+    Warns (:class:`BudgetWarning`) when the result misses the budget by more than one step of the field, e.g. when
+    the targets cap a rank below what the budget would pay for.
     """
     if budget < 1:
         raise ConfigError(f"compare: budget={budget} is invalid; budget must be an integer in [1, inf)")
+    cls = get_variant(variant)
     name = _size_field(variant)
-    if name is None:
-        return dict(config)
-    info = next(f for f in get_variant(variant).Config.fields_info() if f["name"] == name)
+    targets = targets or getattr(task, "targets", None)
     model = task.model()
-    shapes = [(m.out_features, m.in_features) for n, m in model.named_modules()
-              if hasattr(m, "out_features") and n]
-    lo = int(info["low"](shapes[0]) if callable(info["low"]) else (info["low"] or 1))
-    hi_b = info["high"]
-    hi = int(min(hi_b(s) for s in shapes) if callable(hi_b) else (hi_b or 4096))
+    memo: dict[int | None, int | None] = {}
 
-    def cost(v: int) -> int:
-        return count_params(task, variant, targets, **{**config, name: v})
+    def cost(v: int | None) -> int | None:
+        """Trainable parameters with the field at ``v``; ``None`` where the config refuses ``v``."""
+        if v not in memo:
+            cfg = config if name is None else {**config, name: v}
+            try:
+                memo[v] = adapt(_copy(model, task), variant, targets, **cfg).num_trainable()
+            except ConfigError:
+                memo[v] = None
+        return memo[v]
 
-    while lo < hi:  # first value whose count reaches the budget
-        mid = (lo + hi) // 2
-        try:
-            c = cost(mid)
-        except ConfigError:
-            hi = mid
-            continue
-        if c < budget:
-            lo = mid + 1
-        else:
-            hi = mid
-    candidates = [v for v in (lo - 1, lo) if v >= 1]
-    best = min(candidates, key=lambda v: abs(_safe_cost(cost, v) - budget))
-    return {**config, name: best}
+    if name is None:  # nothing to size: the config as it is
+        return BudgetMatch(cls.name, budget, None, None, cost(None), 0, dict(config))
+    info = next(f for f in cls.Config.fields_info() if f["name"] == name)
+    lo, hi = _field_range(info, _target_shapes(model, targets))
+    if hi is not None and hi < lo:
+        raise ConfigError(f"{cls.name}: {name} has no allowed value on these target layers ([{lo}, {hi}])")
+    top = _UNBOUNDED if hi is None else hi
+    anchor = min(max(int(config.get(name, info["default"])), lo), top)
+    start = next((v for v in (anchor, lo) if cost(v) is not None), None)
+    if start is None:  # no value works with the rest of the config: let adapt() say why
+        count_params(task, variant, targets, **{**config, name: anchor})
+        raise ConfigError(f"{cls.name}: no {name} in [{lo}, {hi}] gives a valid config for budget matching")
+    bottom = _first(lambda v: cost(v) is not None, lo, start)
+    other = start if start > bottom else (bottom + 1 if bottom < top and cost(bottom + 1) is not None else bottom)
+    growing = cost(other) >= cost(bottom)
+
+    def reaches(v: int) -> bool:  # invalid above the interval counts as reached: the search stops below it
+        c = cost(v)
+        return c is None or (c >= budget if growing else c <= budget)
+
+    first = _first(reaches, bottom, top)
+    # the crossing pair (first - 1, first) holds the closest value of a monotone count; the few values around it
+    # catch a count that is monotone only at a coarser scale (RandLoRA's ceil(d/r) bases of r + d parameters)
+    around = range(max(bottom, first - 1 - _POLISH), min(top, first + _POLISH) + 1)
+    value = min((v for v in around if cost(v) is not None), key=lambda v: (abs(cost(v) - budget), v))
+    steps = [abs(cost(v) - cost(value)) for v in (value - 1, value + 1) if bottom <= v <= top and cost(v) is not None]
+    match = BudgetMatch(cls.name, budget, name, value, cost(value), max(steps, default=0), {**config, name: value})
+    if match.missed:
+        warnings.warn(match.message(), BudgetWarning, stacklevel=2)
+    return match
 
 
-def _safe_cost(cost: Callable[[int], int], v: int) -> float:
-    try:
-        return cost(v)
-    except ConfigError:
-        return math.inf
+def config_for_budget(task, variant, budget: int, targets=None, **config) -> dict[str, Any]:
+    """The config (``config`` plus the size field) whose parameter count is closest to ``budget``: the
+    ``config`` of :func:`match_budget`, which says how close it came."""
+    return match_budget(task, variant, budget, targets, **config).config
 
 
 def _better(task, a: float | None, b: float | None) -> bool:

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,9 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from .io import atomic_save_safetensors, atomic_write_json, atomic_write_text
 
 __all__ = ["Run", "RunStore", "METRIC_COLUMNS"]
 
@@ -113,17 +114,6 @@ class Run:
         return self.adaptation
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -168,13 +158,12 @@ class RunStore:
 
     def _write_meta(self, run: Run) -> None:
         meta = {"id": run.id, "status": run.status, "config": run.config, "summary": run.summary}
-        _atomic_write(self.path(run.id) / "run.json", lambda p: Path(p).write_text(json.dumps(_jsonable(meta),
-                                                                                              indent=2)))
+        atomic_write_json(self.path(run.id) / "run.json", _jsonable(meta))
 
     def save_snapshots(self, run: Run) -> None:
         tensors = {"|".join(map(str, k)): v for k, v in run.snapshots.items()}
         if tensors:
-            _atomic_write(self.path(run.id) / "snapshots.safetensors", lambda p: save_file(tensors, p))
+            atomic_save_safetensors(tensors, self.path(run.id) / "snapshots.safetensors")
 
     # -- whole runs ----------------------------------------------------------------------------------------
     def save(self, run: Run) -> Path:
@@ -184,7 +173,7 @@ class RunStore:
         run.path = path
         rows = run.metrics.itertuples(index=False, name=None)
         lines = "".join(json.dumps(dict(zip(METRIC_COLUMNS, _jsonable(list(r))))) + "\n" for r in rows)
-        _atomic_write(path / "metrics.jsonl", lambda p: Path(p).write_text(lines, encoding="utf-8"))
+        atomic_write_text(path / "metrics.jsonl", lines)
         self.save_snapshots(run)
         if run.adaptation is not None:
             run.adaptation.save(path / "adapter")

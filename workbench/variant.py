@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .events import StepContext
 from .options import Options, Shape, param
 
 __all__ = [
@@ -239,6 +240,9 @@ class Variant:
     notes: ClassVar[str] = ""
     #: recipe used when ``train(recipe=None)``; "adamw" unless the method is an optimizer-level recipe
     default_recipe: ClassVar[str] = "adamw"
+    #: the config field that sizes the adapter, searched by ``compare(budget=...)``; ``None``: the first of ``r``, ``n``,
+    #: ``rank``, ``n_coefficients`` in the config (none of them: nothing to size, as for full fine-tuning)
+    budget_field: ClassVar[str | None] = None
 
     def __init__(self, config: VariantConfig):
         self.config = config
@@ -248,9 +252,9 @@ class Variant:
         return cls.Layer.linear_delta
 
     # hooks ------------------------------------------------------------------------------------------------
-    def prepare(self, adaptation, task, batches) -> None:
-        """Before the optimizer is built: data-driven initialisation (LoRA-SB, ...). ``batches`` is an
-        iterator of training batches already on the model's device."""
+    def prepare(self, ctx: StepContext, batches) -> None:
+        """Before the optimizer is built: data-driven initialisation (LoRA-SB, ...). ``ctx`` has the adaptation,
+        the task, the run's length and rate; ``batches`` is an iterator of training batches on the model's device."""
 
     def param_groups(self, adaptation, lr: float, weight_decay: float) -> list[dict]:
         """Optimizer parameter groups; override for per-tensor learning rates."""
@@ -261,8 +265,9 @@ class Variant:
         """A term added to the loss (orthogonality, L1, KL, ...); ``None`` for none."""
         return None
 
-    def on_step(self, adaptation, step: int, optimizer: torch.optim.Optimizer) -> None:
-        """After each optimizer step: proximal updates, rank growth/pruning, location updates, schedules."""
+    def on_step(self, ctx: StepContext) -> None:
+        """After each optimizer step (``ctx.step``, 0-based, of ``ctx.total_steps``): proximal updates, rank
+        growth/pruning, location updates, schedules. ``ctx.optimizer`` is the optimizer just stepped."""
 
 
 @dataclass(frozen=True)

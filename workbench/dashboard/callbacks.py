@@ -95,7 +95,7 @@ def start_demo(variant: str) -> str:
 
     def work(job):
         return train(task, cls.name, steps=DEMO_STEPS, lr=1e-2, seed=0, every=5, callback=job.on_event,
-                     stop=job.stop.is_set, progress=False, **cls.example_config)
+                     control=job.control, progress=False, **cls.example_config)
 
     return jobs.start("demo", work).id
 
@@ -124,7 +124,7 @@ def start_training(task_name: str, variant: str, config_table: Any, steps: Any, 
 
     def work(job):
         return train(task, cls.name, steps=steps, lr=lr, seed=seed, batch_size=batch_size, every=every,
-                     store=run_store, callback=job.on_event, stop=job.stop.is_set, progress=False, **config)
+                     store=run_store, callback=job.on_event, control=job.control, progress=False, **config)
 
     return jobs.start("train", work).id
 

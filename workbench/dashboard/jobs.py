@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..events import Start, TrainControl, TrainEvent
+
 _LOCK = threading.Lock()
 _JOBS: dict[str, Job] = {}
 _IDS = itertools.count(1)
@@ -24,7 +26,7 @@ MAX_FINISHED = 64  # finished jobs kept for their pages; older ones are forgotte
 class Job:
     id: str
     kind: str
-    stop: threading.Event = field(default_factory=threading.Event)
+    control: TrainControl = field(default_factory=TrainControl)  # Stop asks every run of the job to end
     runs: list = field(default_factory=list)       # live Run objects, in order of start
     result: Any = None
     error: str | None = None
@@ -37,17 +39,17 @@ class Job:
     def run(self):
         return self.runs[-1] if self.runs else None
 
-    def on_event(self, event: dict) -> None:
-        """``train()`` callback: remember the runs, count changes, and honour the stop button."""
-        if event["type"] == "start":
-            self.runs.append(event["run"])
+    def on_event(self, event: TrainEvent) -> None:
+        """``train()`` callback: remember the runs and count changes (pollers redraw on a new version)."""
+        if isinstance(event, Start):
+            self.runs.append(event.run)
         self.version += 1
 
     def status(self) -> str:
         if self.error:
             return "failed"
         if not self.done:
-            return "stopping" if self.stop.is_set() else "running"
+            return "stopping" if self.control.should_stop else "running"
         return self.run.status if self.run is not None else "done"
 
 
@@ -81,7 +83,7 @@ def get(job_id: str | None) -> Job | None:
 def stop(job_id: str | None) -> None:
     job = get(job_id)
     if job is not None:
-        job.stop.set()
+        job.control.stop()
 
 
 def _forget_old() -> None:

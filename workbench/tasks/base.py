@@ -6,7 +6,6 @@ import difflib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..io import atomic_save_safetensors
 
 Batch = dict[str, torch.Tensor]
 
@@ -92,16 +92,9 @@ def cache_key(**settings: Any) -> str:
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Cache ``tensors`` at ``path`` as safetensors, atomically (:func:`workbench.io.atomic_save_safetensors`), so
+    two processes building the same cache never read half a file."""
+    atomic_save_safetensors(tensors, path)
 
 
 def index_stream(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:

@@ -62,12 +62,13 @@ class LoRASB(Variant):
     example_config = {"r": 4}
     notes = "η is the training learning rate (no warmup in our loop); exact SVD instead of svd_lowrank."
 
-    def prepare(self, adaptation, task, batches):
+    def prepare(self, ctx, batches):
+        adaptation, task = ctx.adaptation, ctx.task
         grads: dict[str, torch.Tensor] = {}
         for _ in range(self.config.init_batches):
             for name, g in full_weight_gradients(adaptation, task, next(batches)).items():
                 grads[name] = grads[name] + g if name in grads else g
-        eta = self.config.eta or getattr(adaptation, "lr", 1e-3)
+        eta = self.config.eta or ctx.lr
         for name, layer in adaptation.named_layers():
             if name in grads:
                 layer.initialise(-eta * torch.sign(grads[name]))

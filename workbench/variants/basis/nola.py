@@ -77,4 +77,5 @@ class NOLA(Variant):
     Config = NOLAConfig
     Layer = NOLALayer
     example_config = {"r": 2, "k": 16, "l": 16}
+    budget_field = "k"  # r does not change the count: only the k (and l) mixing coefficients train
     notes = "Bases kept as buffers (the code regenerates them in the backward pass to save memory)."

@@ -93,4 +93,5 @@ class UniLoRA(Variant):
     SharedModule = UniLoRAShared
     preserves_init = False
     example_config = {"r": 2, "d": 64}
+    budget_field = "d"  # r does not change the count: the one trained vector has d entries
     notes = "Matches PEFT 0.21's Uni-LoRA (balanced shuffled slots, 1/√count scales, θ_d ~ U(-0.02, 0.02))."

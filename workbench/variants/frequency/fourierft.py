@@ -69,4 +69,5 @@ class FourierFT(Variant):
     Layer = FourierFTLayer
     preserves_init = False
     example_config = {"n_frequency": 64, "scaling": 150.0}
+    budget_field = "n_frequency"
     notes = "Matches PEFT 0.21's FourierFT; ΔW is built once per step with one inverse FFT."

@@ -125,13 +125,14 @@ class LoCA(Variant):
                 {"params": [l.locations for l in layers], "lr": self.config.loc_lr, "weight_decay": 0.0,
                  "name": "locations"}]
 
-    def search_steps(self, adaptation) -> int:
-        return int(self.config.search_fraction * getattr(adaptation, "total_steps", 1000))
+    def search_steps(self, total_steps: int) -> int:
+        return int(self.config.search_fraction * total_steps)
 
-    def on_step(self, adaptation, step, optimizer):
+    def on_step(self, ctx):
+        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
         """Set which tensors the *next* step trains: 10 coefficient steps, then 20 location steps, per cycle."""
         nxt = step + 1
-        searching = nxt < self.search_steps(adaptation)
+        searching = nxt < self.search_steps(ctx.total_steps)
         locations_turn = searching and nxt >= 1 and (nxt - 1) % CYCLE >= COEF_STEPS
         for _, layer in adaptation.named_layers():
             layer.locations.requires_grad_(locations_turn)

@@ -207,7 +207,8 @@ class QWHA(Variant):
     notes = ("Own RTN/NF quantizer instead of GPTQ+MagR; no extra code scale; powers-of-two input widths only; the "
              "NF levels for 2-3 bits are normal quantiles (QLoRA defines NF4 only).")
 
-    def prepare(self, adaptation, task, batches):
+    def prepare(self, ctx, batches):
+        adaptation, task = ctx.adaptation, ctx.task
         """Re-initialise every layer from calibration inputs X (X Xᵀ summed over ``calib_batches`` batches)."""
         if self.config.calib_batches == 0:
             return

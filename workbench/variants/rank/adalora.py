@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ...variant import ConfigError, Variant, VariantConfig, param, register
+from .common import ImportanceEMA, orthogonality_regularizer
 from .gated import GatedLowRankLayer
 
 PAPER = ("Zhang et al., 2023, Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning, ICLR 2023, "
@@ -65,8 +66,7 @@ class Allocator:
         self.config, self.total_steps = config, total_steps
         self.init_budget = config.r * n_modules
         self.target_budget = config.target_r * n_modules
-        self.ipt: dict[int, torch.Tensor] = {}
-        self.unc: dict[int, torch.Tensor] = {}
+        self.importance = ImportanceEMA(config.beta1, config.beta2)  # Ī, Ū per entry, keyed by id(tensor)
 
     def budget(self, step: int) -> tuple[int, bool]:
         c, total = self.config, self.total_steps
@@ -78,21 +78,15 @@ class Allocator:
         return int((self.init_budget - self.target_budget) * mul ** 3 + self.target_budget), step % c.delta_t == 0
 
     def update(self, tensors: list[nn.Parameter]) -> None:
-        b1, b2 = self.config.beta1, self.config.beta2
+        """Eq. (8)–(9) for every entry, from the sensitivity I = |w ⊙ ∇w| (tensors without a gradient are skipped)."""
         with torch.no_grad():
             for p in tensors:
-                if p.grad is None:
-                    continue
-                i = (p * p.grad).abs()
-                key = id(p)
-                if key not in self.ipt:
-                    self.ipt[key], self.unc[key] = torch.zeros_like(p), torch.zeros_like(p)
-                self.ipt[key] = b1 * self.ipt[key] + (1 - b1) * i
-                self.unc[key] = b2 * self.unc[key] + (1 - b2) * (i - self.ipt[key]).abs()
+                if p.grad is not None:
+                    self.importance.update(id(p), (p * p.grad).abs())
 
     def score(self, p: nn.Parameter) -> torch.Tensor:
-        key = id(p)
-        return self.ipt[key] * self.unc[key] if key in self.ipt else torch.zeros_like(p)
+        """s = Ī · Ū per entry (Eq. (10)); zero for a tensor never updated."""
+        return self.importance.score(id(p), default=torch.zeros_like(p))
 
     def triplet_scores(self, layer: AdaLoRALayer) -> torch.Tensor:
         return (self.score(layer.gate) + self.score(layer.lora_A).mean(dim=1)
@@ -130,18 +124,14 @@ class AdaLoRA(Variant):
     def regularizer(self, adaptation):
         if self.config.orth_reg_weight == 0:
             return None
-        total, n = 0.0, 0
-        for _, layer in adaptation.named_layers():
-            for cov in (layer.lora_A @ layer.lora_A.t(), layer.lora_B.t() @ layer.lora_B):
-                eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
-                total = total + torch.linalg.matrix_norm(cov - eye)
-                n += 1
-        return self.config.orth_reg_weight * total / n
+        layers = [layer for _, layer in adaptation.named_layers()]
+        return orthogonality_regularizer(layers, self.config.orth_reg_weight, per="matrix")  # PEFT: mean over P, Q
 
-    def on_step(self, adaptation, step, optimizer):
+    def on_step(self, ctx):
+        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
         layers = [layer for _, layer in adaptation.named_layers()]
         if self.allocator is None:
-            self.allocator = Allocator(self.config, len(layers), getattr(adaptation, "total_steps", 1000))
+            self.allocator = Allocator(self.config, len(layers), ctx.total_steps)
         total = self.allocator.total_steps
         if step < total - self.config.tfinal:
             self.allocator.update([p for layer in layers for p in (layer.lora_A, layer.lora_B, layer.gate)])

@@ -65,16 +65,16 @@ class CoDyRA(Variant):
     example_config = {"r": 4, "kappa_max": 0.05}
     notes = "Raw κ threshold as in the code; the CLIP image-text losses are replaced by each task's own loss."
 
-    def kappa(self, adaptation, step: int) -> float:
-        total = getattr(adaptation, "total_steps", 1000)
+    def kappa(self, step: int, total: int) -> float:
         dense = int(self.config.dense_fraction * total)
         if step < dense:
             return 0.0
         level = min(LEVELS - 1, (step - dense) * LEVELS // max(total - dense, 1))
         return self.config.kappa_max * level / (LEVELS - 1)
 
-    def on_step(self, adaptation, step, optimizer):
-        kappa = self.kappa(adaptation, step)
+    def on_step(self, ctx):
+        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
+        kappa = self.kappa(step, ctx.total_steps)
         if kappa == 0:
             return
         with torch.no_grad():

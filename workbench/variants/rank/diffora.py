@@ -67,8 +67,8 @@ class DiffoRA(Variant):
     example_config = {"r": 4, "keep": 0.5}
     notes = "Single-level search; keep ratio and search length are config fields (paper details not recovered)."
 
-    def on_step(self, adaptation, step, optimizer):
-        total = getattr(adaptation, "total_steps", 1000)
+    def on_step(self, ctx):
+        adaptation, step, total = ctx.adaptation, ctx.step, ctx.total_steps
         if step + 1 != max(1, round(self.config.search_fraction * total)):
             return
         layers = [layer for _, layer in adaptation.named_layers()]

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ...variant import Variant, VariantConfig, VariantLayer, param, register
+from .common import ImportanceEMA, orthogonality_regularizer
 from .gated import GatedLowRankLayer
 
 PAPER = ("Zhang et al., 2023, IncreLoRA: Incremental Parameter Allocation Method for Parameter-Efficient "
@@ -192,6 +193,7 @@ class IncreLoRA(Variant):
     Layer = IncreLoRALayer
     dynamic = True
     example_config = {"target_rank": 4, "warmup": 1, "interval": 2}
+    budget_field = "target_rank"  # the paper's budget: average rank per module once growth stops
     notes = ("Score, scale, selection, reserves and the new ranks' own optimizer group (fresh moments, warmup) "
              "follow the official code. On synthetic:mixed's chain its allocation does not track the true ranks: "
              "growing from rank 1, the layers that compensate for their neighbours score highest; on "
@@ -199,25 +201,21 @@ class IncreLoRA(Variant):
 
     def __init__(self, config):
         super().__init__(config)
-        self.ipt: dict[str, float] = {}
-        self.unc: dict[str, float] = {}
+        self.importance = ImportanceEMA(config.beta1, config.beta2)  # Ī, Ū of S per module name
         self.open = True
 
-    def prepare(self, adaptation, task, batches):
-        for _, layer in adaptation.named_layers():
+    def prepare(self, ctx, batches):
+        for _, layer in ctx.adaptation.named_layers():
             layer.watch_gradient()
 
     def regularizer(self, adaptation):
         if self.config.orth_reg_weight == 0:
             return None
-        terms = []
-        for _, layer in adaptation.named_layers():
-            a, b = layer.lora_A, layer.lora_B
-            eye = torch.eye(a.shape[0], device=a.device, dtype=a.dtype)
-            terms.append(torch.linalg.matrix_norm(a @ a.t() - eye) + torch.linalg.matrix_norm(b.t() @ b - eye))
-        return self.config.orth_reg_weight * torch.stack(terms).mean()
+        layers = [layer for _, layer in adaptation.named_layers()]
+        return orthogonality_regularizer(layers, self.config.orth_reg_weight, per="module")
 
-    def on_step(self, adaptation, step, optimizer):
+    def on_step(self, ctx):
+        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
         self._warm_up_new_ranks(optimizer, step)
         if not self.open:
             return
@@ -227,15 +225,12 @@ class IncreLoRA(Variant):
             s = layer.importance()
             if s is None:
                 continue
-            i = self.ipt.get(name, 0.0)
-            i = c.beta1 * i + (1 - c.beta1) * s
-            self.unc[name] = c.beta2 * self.unc.get(name, 0.0) + (1 - c.beta2) * abs(s - i)
-            self.ipt[name] = i
+            self.importance.update(name, s)
         budget = c.target_rank * len(layers)
         if step + 1 < c.warmup or (step + 1 - c.warmup) % c.interval != 0:
             return
         spent = sum(layer.rank for layer in layers.values())
-        scores = sorted(layers, key=lambda n: self.ipt.get(n, 0.0) * self.unc.get(n, 0.0), reverse=True)
+        scores = sorted(layers, key=self.importance.score, reverse=True)
         new: list[nn.Parameter] = []
         for name in scores[:c.top_h]:
             if spent + c.k > budget:
@@ -251,15 +246,16 @@ class IncreLoRA(Variant):
 
     def _add_group(self, optimizer, params, step):
         """The code's ``optimizer.add_param_group`` (fresh Adam moments) under ``multi_lr``: the group's rate warms
-        up from 0 over ``rank_warmup`` steps, then follows the main group's (constant here)."""
+        up from 0 over ``rank_warmup`` steps, then follows the main group's rate (and so the run's schedule)."""
         main = optimizer.param_groups[0]
         optimizer.add_param_group({"params": params, "lr": 0.0 if self.config.rank_warmup else main["lr"],
                                    "weight_decay": main.get("weight_decay", 0.0), "name": "increlora-new-ranks",
-                                   "base_lr": main["lr"], "added": step})
+                                   "scheduled": False, "added": step})
 
     def _warm_up_new_ranks(self, optimizer, step):
-        if optimizer is None or not self.config.rank_warmup:
+        if optimizer is None:
             return
+        main_lr = optimizer.param_groups[0]["lr"]
         for group in optimizer.param_groups:
             if group.get("name") == "increlora-new-ranks":
-                group["lr"] = group["base_lr"] * min(1.0, (step - group["added"]) / self.config.rank_warmup)
+                group["lr"] = main_lr * min(1.0, (step - group["added"]) / self.config.rank_warmup)

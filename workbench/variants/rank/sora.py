@@ -94,13 +94,14 @@ class SoRA(Variant):
         gates = [layer.gate for _, layer in adaptation.named_layers()]
         return with_gate_group(adaptation, gates, lr, weight_decay, max(weight_decay, self.config.weight_decay))
 
-    def current_lambda(self, adaptation, step: int) -> float:
+    def current_lambda(self, step: int, total_steps: int) -> float:
         if self.config.schedule == "linear":
-            return self.config.lam * min(1.0, (step + 1) / max(getattr(adaptation, "total_steps", 1000), 1))
+            return self.config.lam * min(1.0, (step + 1) / max(total_steps, 1))
         return self.config.lam
 
-    def on_step(self, adaptation, step, optimizer):
+    def on_step(self, ctx):
+        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
         gates = [layer.gate for _, layer in adaptation.named_layers()]
-        soft_threshold_(gates, optimizer, self.current_lambda(adaptation, step))
+        soft_threshold_(gates, optimizer, self.current_lambda(step, ctx.total_steps))
 
 __all__ = ["SoRA", "SoRALayer", "compact"]

@@ -151,8 +151,9 @@ class LoRASqueeze(Variant):
         self._plan: dict[int, int] | None = None
         self.energy: dict[int, dict[str, float]] = {}
 
-    def on_step(self, adaptation, step, optimizer):
+    def on_step(self, ctx):
+        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
         if self._plan is None:
-            self._plan = schedule(self.config, getattr(adaptation, "total_steps", 1000))
+            self._plan = schedule(self.config, ctx.total_steps)
         if step in self._plan:
             self.energy[step] = squeeze(adaptation, self._plan[step], optimizer)

@@ -91,5 +91,6 @@ class S2LoRA(Variant):
     def param_groups(self, adaptation, lr, weight_decay):
         return with_gate_group(adaptation, [layer.coef for _, layer in adaptation.named_layers()], lr, weight_decay)
 
-    def on_step(self, adaptation, step, optimizer):
+    def on_step(self, ctx):
+        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
         soft_threshold_([layer.coef for _, layer in adaptation.named_layers()], optimizer, self.config.lam)
