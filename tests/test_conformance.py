@@ -1,4 +1,4 @@
-"""The conformance matrix: every registered variant must satisfy the layer contract of DESIGN.md.
+"""The conformance matrix: every registered variant must satisfy the layer contract of docs/DESIGN.md.
 
 Adding a variant to the registry adds it here; nothing else needs editing. Each variant is exercised with its
 ``example_config`` on ``tiny_model`` (32→64→32).

@@ -257,3 +257,89 @@ def test_merge_and_unload_keeps_the_update_and_leaves_plain_linears():
     plain = ad.merge_and_unload()
     assert all(type(m) is torch.nn.Linear for m in (plain[0], plain[2]))
     torch.testing.assert_close(plain(X), expected, atol=1e-5, rtol=1e-5)
+
+
+# -- the shared family helpers (workbench/variants/rank/common.py) keep each variant's numbers bit for bit ----------
+
+
+def _randomized(name, **cfg):
+    ad = wb.adapt(tiny_model(), name, ["0", "2"], **cfg)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in ad.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return ad
+
+
+def test_adalora_regularizer_is_its_formula_before_sharing():
+    ad = _randomized("adalora", r=6, target_r=3, orth_reg_weight=0.7)
+    total, n = 0.0, 0  # the code AdaLoRA had before the shared helper: a running sum over P and Q, then γ·sum/n
+    for _, layer in ad.named_layers():
+        for cov in (layer.lora_A @ layer.lora_A.t(), layer.lora_B.t() @ layer.lora_B):
+            total = total + torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0]))
+            n += 1
+    assert torch.equal(ad.variant.regularizer(ad), 0.7 * total / n)
+
+
+def test_increlora_regularizer_is_its_formula_before_sharing_reserves_included():
+    ad = _randomized("increlora", target_rank=4)
+    ad.layer("2").grow()  # blocks of different sizes, and the fresh reserve
+    terms = []  # the code IncreLoRA had before the shared helper: γ · mean over modules (issue 14: 2× the official)
+    for _, layer in ad.named_layers():
+        a, b = layer.lora_A, layer.lora_B
+        eye = torch.eye(a.shape[0])
+        terms.append(torch.linalg.matrix_norm(a @ a.t() - eye) + torch.linalg.matrix_norm(b.t() @ b - eye))
+    assert torch.equal(ad.variant.regularizer(ad), 0.1 * torch.stack(terms).mean())
+    assert ad.layer("2").lora_A.shape[0] == 1 + 2 + 2  # the reserve is in A and B, so in the penalty
+
+
+def test_orthogonality_normalisations_differ_by_the_number_of_matrices_per_module():
+    from workbench.variants.rank.common import orthogonality_regularizer
+
+    ad = _randomized("adalora", r=6, target_r=3)
+    layers = [layer for _, layer in ad.named_layers()]
+    per_matrix = orthogonality_regularizer(layers, 1.0, per="matrix")
+    torch.testing.assert_close(orthogonality_regularizer(layers, 1.0, per="module"), 2 * per_matrix)
+    assert per_matrix > 0
+    with pytest.raises(ValueError, match="per must be"):
+        orthogonality_regularizer(layers, 1.0, per="tensor")
+
+
+def test_adalora_importance_averages_are_its_formulas_before_sharing():
+    ad = _randomized("adalora", r=6, target_r=3, beta1=0.8, beta2=0.6)
+    ctx = StepContext.standalone(ad, total_steps=100)
+    ipt, unc = {}, {}
+    for step in range(3):
+        ad.model.zero_grad()
+        ad.model(X).pow(2).mean().backward()
+        with torch.no_grad():  # the allocator's update before the shared helper, on every P, Q and λ entry
+            for _, layer in ad.named_layers():
+                for p in (layer.lora_A, layer.lora_B, layer.gate):
+                    i = (p * p.grad).abs()
+                    key = id(p)
+                    if key not in ipt:
+                        ipt[key], unc[key] = torch.zeros_like(p), torch.zeros_like(p)
+                    ipt[key] = 0.8 * ipt[key] + (1 - 0.8) * i
+                    unc[key] = 0.6 * unc[key] + (1 - 0.6) * (i - ipt[key]).abs()
+        ctx.step = step
+        ad.variant.on_step(ctx)  # updates the averages, then masks λ (so read p before it)
+    allocator = ad.variant.allocator
+    for _, layer in ad.named_layers():
+        for p in (layer.lora_A, layer.lora_B, layer.gate):
+            assert torch.equal(allocator.score(p), ipt[id(p)] * unc[id(p)])
+    assert torch.equal(allocator.score(torch.nn.Parameter(torch.ones(3))), torch.zeros(3))  # never updated: 0
+
+
+def test_increlora_importance_averages_are_its_formulas_before_sharing():
+    from workbench.variants.rank.common import ImportanceEMA
+
+    ema, ipt, unc = ImportanceEMA(0.85, 0.7), {}, {}
+    for s in (0.3, 1.7, 0.02, 0.9):
+        ema.update("m", s)
+        i = ipt.get("m", 0.0)  # IncreLoRA's on_step before the shared helper
+        i = 0.85 * i + (1 - 0.85) * s
+        unc["m"] = 0.7 * unc.get("m", 0.0) + (1 - 0.7) * abs(s - i)
+        ipt["m"] = i
+        assert (ema.ipt["m"], ema.unc["m"]) == (ipt["m"], unc["m"])  # exactly, not approximately
+    assert ema.score("m") == ipt["m"] * unc["m"] and ema.score("never") == 0.0

@@ -82,7 +82,7 @@ def test_bad_names_and_options_are_config_errors():
         wb.tasks.get("synthetic:lowrank", dim=2)
     with pytest.raises(wb.ConfigError, match="power of two"):
         wb.tasks.get("synthetic:wht", dim=48)
-    with pytest.raises(wb.ConfigError, match="unexpected keyword"):
+    with pytest.raises(wb.ConfigError, match="synthetic:lowrank: unknown option key 'dimm'; did you mean 'dim'"):
         wb.tasks.get("synthetic:lowrank", dimm=8)
     assert "text:sst2" in wb.tasks.names() and "digits:continual" in wb.tasks.names()
 

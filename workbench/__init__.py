@@ -1,6 +1,6 @@
 """LoRA Workbench: train, inspect and compare parameter-efficient fine-tuning methods side by side.
 
-The public API (see DESIGN.md)::
+The public API (see docs/DESIGN.md)::
 
     import workbench as wb
     task = wb.tasks.get("synthetic:lowrank")

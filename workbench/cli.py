@@ -91,11 +91,18 @@ def cmd_demo(args) -> None:
 
 
 def cmd_docs(args) -> None:
-    from .docs import variants_markdown
+    """Rewrite what the registry generates (docs/VARIANTS.md, README.md's variants block); ``--check`` only
+    fails when one of them is stale."""
+    from .docs import stale_docs, write_docs
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(variants_markdown(), encoding="utf-8")
-    print(f"wrote {args.out}")
+    if args.check:
+        stale = stale_docs(args.root)
+        if stale:
+            raise ConfigError(f"stale generated docs: {', '.join(stale)}; run `workbench docs`")
+        print("generated docs are up to date")
+        return
+    written = write_docs(args.root)
+    print("\n".join(f"wrote {p}" for p in written) or "generated docs were already up to date")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--open", action="store_true", help="open the report in a browser")
     d.set_defaults(fn=cmd_demo)
 
-    o = sub.add_parser("docs", help="regenerate the variants table (docs/VARIANTS.md) from the registry")
-    o.add_argument("--out", default="docs/VARIANTS.md")
+    o = sub.add_parser("docs", help="regenerate docs/VARIANTS.md and README.md's variants block from the registry")
+    o.add_argument("--root", default=".", help="the repository folder (holds README.md and docs/)")
+    o.add_argument("--check", action="store_true", help="write nothing; exit 2 when a generated file is stale")
     o.set_defaults(fn=cmd_docs)
     return p
 

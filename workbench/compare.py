@@ -1,9 +1,10 @@
 """``compare()``: several variants on one task, fairly: matched parameter budgets, per-variant learning-rate sweeps
 chosen on validation data, and seeds with mean and spread.
 
-Budget matching (:func:`config_for_budget`) searches the variant's size field (``Variant.budget_field``, else the
-first of ``r``, ``n``, ``rank`` in its config) for the value whose trainable-parameter count on the task's model is
-closest to the budget. Everything trains through the one ``train()`` loop.
+Budget matching (:func:`match_budget`, whose config :func:`config_for_budget` returns) searches the variant's size
+field (``Variant.budget_field``, else the first of :data:`_SIZE_FIELDS` in its config) within the range it allows on
+the adapted layers for the value whose trainable-parameter count on the task's model is closest to the budget, and
+warns when that misses by more than one step of the field. Everything trains through the one ``train()`` loop.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = ["compare", "Comparison", "config_for_budget", "match_budget", "Budget
            "DEFAULT_LRS"]
 
 DEFAULT_LRS = (3e-3, 1e-2, 3e-2)
+#: the size field of a variant that declares no ``budget_field``: the first of these in its config
 _SIZE_FIELDS = ("r", "n", "rank", "n_coefficients")
 
 

@@ -3,6 +3,9 @@
 The dashboard, the notebooks and the HTML reports call these and nothing else draws. A figure whose data is
 missing (a probe that did not run, a run that diverged before its first check) comes back as an empty figure with
 a note saying why, never as an exception.
+
+Every builder has a one-line caption (:data:`CAPTIONS`, read with :func:`caption`): what the figure shows and what
+to look for. The dashboard prints it under each plot; notebooks and widgets read the same text.
 """
 
 from __future__ import annotations
@@ -15,15 +18,84 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from .errors import ConfigError
+from .variant import VariantLayer, get_variant
+
 __all__ = ["loss_curves", "spectra", "spectra_over_time", "effective_rank_over_time", "frequency_map",
            "allocation_heatmap", "gradient_norms", "landscape", "subspace_similarity", "comparison_table",
            "comparison_bars", "small_multiples", "delta_heatmap", "metric_over_time", "parameters_vs_quality",
-           "variant_views", "location_trajectories"]
+           "variant_views", "location_trajectories", "CAPTIONS", "caption", "frequency_basis"]
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22"]
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=380,
               legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+
+#: builder name -> one line: what the figure shows, then what to look for in it
+CAPTIONS: dict[str, str] = {
+    "loss_curves": "Training loss (lines) and validation loss (dotted, markers) per step, log scale. Look for the "
+                   "validation loss turning up while training loss falls (overfitting) and for a dashed line "
+                   "marking a run that diverged.",
+    "metric_over_time": "One line per run and module of a recorded metric over training steps. Look for the modules "
+                        "that move first and those that never move.",
+    "effective_rank_over_time": "Effective rank of each module's ΔW (exp of the entropy of its normalised singular "
+                                "values) over training. A rising line means the update spreads over more directions; "
+                                "a flat low line means it stays low-rank.",
+    "subspace_similarity": "Overlap φ of the learned ΔW's top singular subspace with the true ΔW's (1 = the same "
+                           "directions, 0 = orthogonal). Look for how fast it climbs towards 1.",
+    "gradient_norms": "Norm of each module's adapter gradient per step, log scale. Look for modules whose gradients "
+                      "vanish (they stopped learning) or spike (instability; try a smaller learning rate).",
+    "spectra": "Singular values σᵢ of ΔW at one step, log scale; dashed: the true ΔW where the task knows it. Where the "
+               "curve drops is the rank the update actually uses; compare it with the dashed truth.",
+    "spectra_over_time": "Heatmap of log σᵢ(ΔW) per step: each row a probe step, each column a singular value. Look "
+                         "for how many columns light up and when: the update's rank filling in over training.",
+    "frequency_map": "Magnitude of ΔW's coefficients in a frequency basis (DCT, FFT or Walsh–Hadamard); circles: the "
+                     "variant's own spectral locations. Energy in a few bright cells means ΔW is sparse in that basis.",
+    "location_trajectories": "Where each learned spectral coefficient sat at every probe step, coloured by step. "
+                             "Markers that drift then stop are locations searched and then frozen.",
+    "allocation_heatmap": "Each row is a module, each column a probe step, the colour its rank (live gates). A row "
+                          "that fades is a layer giving up ranks whose gates reached zero; rows that differ show "
+                          "where the budget went.",
+    "variant_views": "The variant's own per-module views (gates, masks, per-rank learning-rate scales, spectral "
+                     "coefficients), one bar panel each. Bars at zero are pruned ranks or unused coefficients.",
+    "delta_heatmap": "The weight update ΔW itself, output × input, red positive and blue negative. Stripes mean a "
+                     "low-rank update; isolated bright cells a sparse one.",
+    "landscape": "Loss around the trained adapter along random filter-normalised directions (1-D line or 2-D "
+                 "contour; the red × is the trained point). A wide basin is a flat, robust minimum; a narrow one "
+                 "is sharp.",
+    "comparison_table": "One row per run: trainable parameters, final loss, the task's metric and time per step. "
+                        "Compare the metric at similar parameter counts.",
+    "comparison_bars": "Final metric per variant, mean over seeds with the standard deviation as error bars. "
+                       "Overlapping error bars mean the seeds cannot tell those variants apart.",
+    "parameters_vs_quality": "Trainable parameters (log scale) against the final metric, one point per variant. "
+                             "The best trade-offs sit towards the top left.",
+    "small_multiples": "One panel per run, on the same axes. Look for the panel that differs from the others.",
+}
+#: what ``small_multiples(kind=...)`` draws in each panel: its caption is that single-run figure's
+_PANEL_OF = {"spectra": "spectra", "allocation": "allocation_heatmap", "dct": "frequency_map",
+             "fft": "frequency_map", "wht": "frequency_map"}
+
+
+def caption(name: str, kind: str | None = None) -> str:
+    """The caption of figure builder ``name`` (``kind`` picks the panel of ``small_multiples``).
+
+    >>> caption("allocation_heatmap").startswith("Each row is a module")
+    True
+    """
+    if name not in CAPTIONS:
+        raise KeyError(f"no caption for figure {name!r}; captions exist for: {', '.join(CAPTIONS)}")
+    if name == "small_multiples" and kind in _PANEL_OF:
+        return f"One panel per run, side by side. {CAPTIONS[_PANEL_OF[kind]]}"
+    return CAPTIONS[name]
+
+
+def frequency_basis(run) -> str:
+    """The basis the run's variant indexes its spectral ``locations`` in (``VariantLayer.frequency_basis``); the
+    default's (DCT) for a run whose variant is not registered in this process."""
+    try:
+        return get_variant(run.variant).Layer.frequency_basis
+    except ConfigError:
+        return VariantLayer.frequency_basis
 
 
 def _runs(runs) -> list:
@@ -249,7 +321,7 @@ def frequency_map(run, module: str | None = None, kind: str = "dct", step: int |
         return _empty(title, f"no map for {module}")
     fig = go.Figure(go.Heatmap(z=z.tolist(), colorscale="Magma", colorbar=dict(title="|coef|")))
     loc = run.snapshot("frequency", "locations", module, step)
-    if loc is not None and loc.numel() and kind == ("wht" if run.variant == "qwha" else "dct"):
+    if loc is not None and loc.numel() and kind == frequency_basis(run):
         loc = loc.reshape(-1, 2) if loc.dim() == 2 and loc.shape[-1] == 2 else loc.reshape(2, -1).t()
         fig.add_trace(go.Scatter(x=_np(loc[:, 1]), y=_np(loc[:, 0]), mode="markers", name="learned locations",
                                  marker=dict(symbol="circle-open", size=9, color="cyan", line=dict(width=2))))
@@ -260,8 +332,8 @@ def frequency_map(run, module: str | None = None, kind: str = "dct", step: int |
 
 
 def location_trajectories(run, module: str | None = None) -> go.Figure:
-    """Where a learned-location variant's spectral coefficients sat at every probe step (LoCA): one marker per
-    coefficient per step, coloured by step, on the DCT grid."""
+    """Where a learned-location variant's spectral coefficients sat at every probe step: one marker per coefficient
+    per step, coloured by step, on the grid of the variant's frequency basis."""
     modules = _modules(run, "frequency", "locations")
     if not modules:
         return _empty("Location trajectories", f"{run.variant} records no spectral locations")

@@ -105,19 +105,23 @@ class Options:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> Options:
-        """Build from keyword values, turning unknown keys into a :class:`ConfigError` with suggestions."""
-        cls.check_keys(kwargs)
-        return cls(**kwargs)
+    def from_kwargs(cls, kwargs: dict[str, Any], owner: str | None = None) -> Options:
+        """Build from keyword values, turning unknown keys into a :class:`ConfigError` with suggestions.
+        ``owner`` names the configured thing in messages when it is not the class's (a task's name)."""
+        cls.check_keys(kwargs, owner)
+        out = cls(**kwargs)
+        if owner is not None:
+            out.owner = owner
+        return out
 
     @classmethod
-    def check_keys(cls, kwargs: dict[str, Any]) -> None:
+    def check_keys(cls, kwargs: dict[str, Any], owner: str | None = None) -> None:
         names = cls.field_names()
         for key in kwargs:
             if key not in names:
                 hint = difflib.get_close_matches(key, names, n=3)
                 raise ConfigError(
-                    f"{cls.owner}: unknown {cls._kind()} key {key!r}"
+                    f"{owner or cls.owner}: unknown {cls._kind()} key {key!r}"
                     + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
                     + f" Valid keys: {', '.join(names) or '(none)'}.")
 

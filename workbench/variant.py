@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 import torch
@@ -27,6 +27,9 @@ from torch import nn
 
 from .errors import ConfigError
 from .events import StepContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .settings import Preset
 from .options import Options, Shape, param
 
 __all__ = [
@@ -87,6 +90,8 @@ class VariantLayer(nn.Module):
     #: the layer is a linear map with an effective weight at all (False for input-dependent updates such as FoRA's:
     #: then there is no ΔW to show, merge or export, and probes that read ΔW skip the layer)
     has_weight: ClassVar[bool] = True
+    #: the basis ``inspect()['locations']`` index (figures overlay them on that frequency map): dct, fft or wht
+    frequency_basis: ClassVar[str] = "dct"
 
     def __init__(self, base: nn.Linear, config: VariantConfig, shared: Shared | None = None, name: str = ""):
         super().__init__()
@@ -144,6 +149,13 @@ class VariantLayer(nn.Module):
         return b @ a
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None
+
+    def peft_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """This layer in PEFT's LoRA tensors, ``(lora_A [r, in], lora_B [out, r], lora_magnitude_vector [out] or
+        None)``, such that PEFT under the variant's :meth:`Variant.peft_settings` computes this layer's output.
+        Read by ``export_peft`` only when ``peft_settings`` gives settings; ``None`` (the default): the layer is
+        exported as a scale-1 LoRA from the truncated SVD of its ΔW."""
         return None
 
     def effective_weight(self) -> torch.Tensor:
@@ -240,8 +252,18 @@ class Variant:
     notes: ClassVar[str] = ""
     #: recipe used when ``train(recipe=None)``; "adamw" unless the method is an optimizer-level recipe
     default_recipe: ClassVar[str] = "adamw"
-    #: the config field that sizes the adapter, searched by ``compare(budget=...)``; ``None``: the first of ``r``, ``n``,
-    #: ``rank``, ``n_coefficients`` in the config (none of them: nothing to size, as for full fine-tuning)
+    #: values this method needs on a task to show its behaviour in a short run (``workbench.settings.Preset``);
+    #: applied by ``train()``, ``compare()``, the dashboard and the CLI unless the caller says otherwise
+    presets: ClassVar[tuple[Preset, ...]] = ()
+
+    @classmethod
+    def preset_for(cls, task_name: str) -> Preset | None:
+        """The most specific of :attr:`presets` for ``task_name`` (exact name, then the longest pattern)."""
+        from .settings import find_preset
+
+        return find_preset(cls.presets, task_name)
+    #: the config field that sizes the adapter, searched by ``compare(budget=...)``; ``None``: the first of ``r``,
+    #: ``n``, ``rank``, ``n_coefficients`` in the config (none of them: nothing to size, as for full fine-tuning)
     budget_field: ClassVar[str | None] = None
 
     def __init__(self, config: VariantConfig):
@@ -250,6 +272,13 @@ class Variant:
     @classmethod
     def linear_delta(cls) -> bool:
         return cls.Layer.linear_delta
+
+    @classmethod
+    def peft_settings(cls, config: VariantConfig) -> dict[str, Any] | None:
+        """The ``adapter_config.json`` fields (``r``, ``lora_alpha``, ``use_rslora``, ``use_dora``) under which PEFT's
+        LoRA reproduces this variant from its layers' :meth:`VariantLayer.peft_factors`, for ``config``. ``None``
+        (the default): no native PEFT form; ``export_peft`` writes every layer's ΔW as a scale-1 LoRA instead."""
+        return None
 
     # hooks ------------------------------------------------------------------------------------------------
     def prepare(self, ctx: StepContext, batches) -> None:
@@ -327,16 +356,31 @@ def get_variant(name: str) -> type[Variant]:
     return _REGISTRY[key]
 
 
-#: display order: the baselines first, then the families as DESIGN.md lists them; unknown names go last
+#: display order of the registered variants: baselines first, then the families as docs/DESIGN.md lists them. Only
+#: registered names belong here (tests/test_variant_order.py checks it); a variant not listed needs no edit here: it
+#: is shown after the last listed member of its family, or, for a new family, at the end grouped by family, in
+#: registration order either way.
 CANONICAL_ORDER = ("full lora rslora dora pissa adalora vera fourierft lora-xs lora-sb sora increlora diffora codyra "
                    "bayesian-lora lora-squeeze loca fora qwha randlora nola uni-lora loldu svfit block-lora s2-lora "
-                   "comp-lora tlora lq-lora sltrain allora altlora lora-ggpo adapter sft").split()
+                   "comp-lora tlora").split()
 
 
 def _ordered() -> list[type[Variant]]:
     _load_all()
-    rank = {n: i for i, n in enumerate(CANONICAL_ORDER)}
-    return sorted(_REGISTRY.values(), key=lambda c: rank.get(c.name, len(rank)))
+    registered = list(_REGISTRY.values())  # in registration order
+    position = {n: i for i, n in enumerate(CANONICAL_ORDER)}
+    family_end: dict[str, int] = {}  # the last listed position of each family
+    for c in registered:
+        if c.name in position:
+            family_end[c.family] = max(family_end.get(c.family, -1), position[c.name])
+
+    def key(item: tuple[int, type[Variant]]) -> tuple:
+        i, c = item
+        if c.name in position:
+            return position[c.name], 0, "", i
+        return family_end.get(c.family, len(CANONICAL_ORDER)), 1, c.family, i
+
+    return [c for _, c in sorted(enumerate(registered), key=key)]
 
 
 def variant_infos() -> list[VariantInfo]:

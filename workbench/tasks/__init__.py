@@ -36,11 +36,27 @@ _FAMILIES: dict[str, tuple[Callable[[], type[Task]], tuple[str, ...]]] = {
 }
 
 
+def _task_class(name: str) -> type[Task]:
+    family = str(name).partition(":")[0]
+    if family not in _FAMILIES:
+        get(name)  # raises the unknown-task error with suggestions
+    return _FAMILIES[family][0]()
+
+
 def option_names(name: str) -> list[str]:
     """The keyword options ``get(name, ...)`` accepts, e.g. ``dim``, ``noise``, ``layout`` for synthetic tasks."""
-    cls = _FAMILIES[str(name).partition(":")[0]][0]()
+    cls = _task_class(name)
+    if cls.option_class is not None:
+        return cls.option_class.field_names()
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self and the kind
-    return [p.name for p in params]
+    return [p.name for p in params if p.kind is not p.VAR_KEYWORD]
+
+
+def option_fields(name: str) -> list[dict]:
+    """The declared options of task ``name`` (one dict per field: name, type, default, range, help), for forms,
+    CLI flags and docs; empty for a task that declares none."""
+    cls = _task_class(name)
+    return cls.option_class.fields_info() if cls.option_class is not None else []
 
 
 def names() -> list[str]:

@@ -29,6 +29,14 @@ class Task:
 
     name: str = "?"
     targets: list[str] = []
+    #: training defaults for this task, a partial :class:`~workbench.settings.TrainSettings` (steps, lr, batch
+    #: size, schedule, cadence); ``train()`` uses them for every value the caller leaves out
+    defaults: dict[str, Any] = {}
+    #: the :class:`~workbench.options.Options` subclass declaring this task's keyword options (ranges, help), which
+    #: ``tasks.get`` validates and the dashboard and the CLI turn into forms and flags; None for a task without any
+    option_class: type | None = None
+    #: modules trained in full next to the adapter (PEFT's ``modules_to_save``), e.g. a classifier head
+    trainable_modules: list[str] = []
     metric: str = "loss"
     higher_is_better: bool = False
 

@@ -15,11 +15,13 @@ domain — upright digits — deterministically in a few seconds and cached as s
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..options import Options, param
 from .base import Batch, Task, atomic_save, cache_dir, cache_key, check_option, frozen, index_stream
 
 SHIFTS = ("rotate", "invert", "classes", "continual")
@@ -153,19 +155,35 @@ def pretrained_vit(source: str) -> TinyViT:
     return model
 
 
+@dataclass
+class DigitsOptions(Options):
+    """The options of the ``digits:<shift>`` tasks."""
+
+    stage: int | None = param(None, low=0, high=len(STAGES) - 1,
+                              help="digits:continual only: which shift of the sequence (0 rotate, 1 invert, 2 classes)")
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "option"
+
+
 class DigitsTask(Task):
     """A tiny ViT pretrained on upright digits, adapted to a shifted domain (see the module docstring)."""
 
     metric = "accuracy"
     higher_is_better = True
+    # the tiny ViT adapts to a shift in ~150 steps at 1e-2 (notebook 03, the dashboard's demo)
+    defaults = {"steps": 150, "lr": 1e-2, "batch_size": 32, "every": 10, "eval_every": 30}
+    option_class = DigitsOptions
 
-    def __init__(self, shift: str = "rotate", *, stage: int | None = None):
+    def __init__(self, shift: str = "rotate", **options):
         name = f"digits:{shift}"
         check_option(name, "shift", shift, choices=SHIFTS)
+        o = DigitsOptions.from_kwargs(options, name)
+        o.validate()
+        stage = o.stage
         self.name, self.shift = name, shift
         self._stage = stage
-        if shift == "continual":
-            check_option(name, "stage", 0 if stage is None else stage, 0, len(STAGES) - 1)
         self.current = STAGES[stage or 0] if shift == "continual" else shift
         self.targets = ["blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"]
         if self.current == "classes":

@@ -222,7 +222,8 @@ class TextTask(Task):
             check_option(name, "n_train", n_train, 16, 10_000_000)
         check_option(name, "n_val", n_val, 16, 10_000_000)
         check_option(name, "n_probe", n_probe, 16, 100_000)
-        check_option(name, "train_head", train_head, kind=bool)
+        if not isinstance(train_head, bool):
+            raise ConfigError(f"{name}: train_head={train_head!r} is invalid; train_head must be True or False")
         check_option(name, "seed", seed, 0, None)
         self.name = name
         self._options = {"data_dir": data_dir, "dataset": dataset, "model": model, "max_length": max_length,

@@ -134,6 +134,8 @@ def ada_alloc(norms: torch.Tensor, budget: int, cap: int) -> torch.Tensor:
 
 
 class QWHALayer(DenseDeltaLayer):
+    frequency_basis = "wht"  # F's rows/cols index Walsh–Hadamard coefficients
+
     def __init__(self, base: nn.Linear, config: QWHAConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
         self.register_buffer("W0", base.weight.detach().clone())  # full precision, for the error it corrects

@@ -67,6 +67,10 @@ class DoRALayer(LoRALayer):
     def factors(self):
         return None  # the magnitude rescales rows of W0 too: ΔW is not B A
 
+    def peft_factors(self):
+        """PEFT's ``use_dora=True`` tensors: A, B (unscaled) and the magnitude m."""
+        return self.lora_A, self.lora_B, self.magnitude
+
     def inspect(self):
         with torch.no_grad():
             base_norm = torch.linalg.vector_norm(self.base.weight, dim=1)
@@ -83,3 +87,7 @@ class DoRA(Variant):
     Config = DoRAConfig
     Layer = DoRALayer
     example_config = {"r": 4}
+
+    @classmethod
+    def peft_settings(cls, config):
+        return {"r": config.r, "lora_alpha": config.alpha, "use_rslora": False, "use_dora": True}

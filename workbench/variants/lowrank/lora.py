@@ -64,6 +64,10 @@ class LoRALayer(VariantLayer):
     def factors(self):
         return self.lora_B * self.scaling, self.lora_A
 
+    def peft_factors(self):
+        """PEFT's own tensors, unscaled: PEFT applies the scale from ``lora_alpha`` (and ``use_rslora``) itself."""
+        return self.lora_A, self.lora_B, None
+
     def inspect(self):
         return {"rank": torch.tensor(float(self.lora_A.shape[0])), "scaling": torch.tensor(self.scaling)}
 
@@ -77,6 +81,10 @@ class LoRA(Variant):
     Config = LoRAConfig
     Layer = LoRALayer
     example_config = {"r": 4}
+
+    @classmethod
+    def peft_settings(cls, config):
+        return {"r": config.r, "lora_alpha": config.alpha, "use_rslora": False, "use_dora": False}
 
 
 class RsLoRALayer(LoRALayer):
@@ -96,3 +104,7 @@ class RsLoRA(Variant):
     Config = RsLoRAConfig
     Layer = RsLoRALayer
     example_config = {"r": 4}
+
+    @classmethod
+    def peft_settings(cls, config):
+        return {"r": config.r, "lora_alpha": config.alpha, "use_rslora": True, "use_dora": False}

@@ -71,6 +71,13 @@ class PiSSALayer(LoRALayer):
         with torch.no_grad():
             self.base.weight.add_(old - (self.init_B @ self.init_A) * self.scaling)
 
+    def peft_factors(self):
+        """Relative to the *original* W0, as PEFT's ``path_initial_model_for_weight_conversion`` exports PiSSA:
+        W_res + s·B A − W0 = s·(B A − B0 A0), a LoRA of rank 2r with A' = [A; A0] and B' = [B, −B0] (scale
+        s = 2α/2r = α/r, see :meth:`PiSSA.peft_settings`), so the adapter loads onto the untouched base model."""
+        with torch.no_grad():
+            return torch.cat([self.lora_A, self.init_A], 0), torch.cat([self.lora_B, -self.init_B], 1), None
+
     def inspect(self):
         return {**super().inspect(), "residual_norm": torch.linalg.matrix_norm(self.base.weight).detach()}
 
@@ -84,3 +91,8 @@ class PiSSA(Variant):
     Config = PiSSAConfig
     Layer = PiSSALayer
     example_config = {"r": 4}
+
+    @classmethod
+    def peft_settings(cls, config):
+        """Rank 2r (the trained and the initial factors side by side) at the same scale α/r."""
+        return {"r": 2 * config.r, "lora_alpha": 2 * config.alpha, "use_rslora": False, "use_dora": False}

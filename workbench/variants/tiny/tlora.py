@@ -20,7 +20,7 @@ defaults (with a plain LoRA residual, which we do not offer: TLoRA proper is TRM
 hand-written table (768 → 8·8·12); we factor each width into ``cores`` balanced factors.
 
 T is dense and full rank, so W0·T can rotate and rescale all of W0's input directions; DoRA is the special case of a
-diagonal T. Not a linear delta in DESIGN.md's sense (the update multiplies W0), but the layer is still an exact linear
+diagonal T. Not a linear delta in docs/DESIGN.md's sense (it multiplies W0), but the layer is still an exact linear
 map with effective weight W0·T + s·Δ, which ``effective_weight()`` returns; ``delta_weight()`` is W0(T − I) + s·Δ and
 merge keeps a backup. Cost: T and Δ are assembled once per step (d_in²·R² and d_out·d_in·r²) and the layer runs one
 matmul. Not confirmed: the γ the paper used when it did use the penalty.
