@@ -1,33 +1,57 @@
-"""The ``workbench`` command: list variants, train one, compare several, list stored runs, run the demo."""
+"""The ``workbench`` command: list variants, train one, compare several, list stored runs, run the demo, start
+the dashboard."""
 
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 import webbrowser
 from pathlib import Path
 
 import pandas as pd
 
+from .dashboard.arguments import add_arguments as add_dashboard_arguments  # no Gradio import
 from .errors import ConfigError
 
 
-def _value(text: str):
-    """``--set r=8 alpha=16.0 init=gaussian``: numbers and booleans are parsed, anything else stays a string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def _settings(pairs: list[str]) -> dict:
+def _pairs(flag: str, pairs: list[str] | None) -> dict[str, str]:
+    """``--set r=8 alpha=16`` as ``{"r": "8", "alpha": "16"}``; the declaration then types each value."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = _value(value.strip())
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per :class:`~workbench.settings.TrainSettings` field, from its declaration. Values stay text
+    here and are typed and checked by the declaration, so the CLI's errors are the library's."""
+    from .options import allowed
+    from .settings import TrainSettings
+
+    group = parser.add_argument_group("training settings (default: the task's, then the variant's preset)")
+    for info in TrainSettings.fields_info():
+        if info["name"] not in skip:
+            group.add_argument("--" + info["name"].replace("_", "-"), dest="setting_" + info["name"], default=None,
+                               metavar=info["type"].upper(), help=f"{info['help']} ({allowed(info)})")
+
+
+def _train_inputs(args, variant: str | None = None) -> dict:
+    """The settings, variant config and task options given on the command line, typed by their declarations."""
+    from . import tasks
+    from .settings import TrainSettings
+    from .variant import get_variant
+
+    given = {k[len("setting_"):]: v for k, v in vars(args).items() if k.startswith("setting_") and v is not None}
+    out = {"settings": TrainSettings.from_strings(given), "presets": not args.no_presets}
+    options = _pairs("--option", args.option)
+    if options:
+        cls = tasks._task_class(args.task)
+        out["task_options"] = cls.option_class.from_strings(options) if cls.option_class else options
+    if variant is not None:
+        out["config"] = get_variant(variant).Config.from_strings(_pairs("--set", args.set))
     return out
 
 
@@ -48,8 +72,7 @@ def cmd_list(args) -> None:
 def cmd_run(args) -> None:
     from .train import train
 
-    run = train(args.task, args.variant, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                store=args.runs, recipe=args.recipe, progress=True, **_settings(args.set))
+    run = train(args.task, args.variant, store=args.runs, progress=True, **_train_inputs(args, args.variant))
     s = run.summary
     print(f"run {run.id}: {run.status}; {s['trainable_params']} trainable params; loss {s['init_loss']:.4g} -> "
           f"{s['final_loss'] if s['final_loss'] is not None else float('nan'):.4g}; {s['metric']} = "
@@ -60,11 +83,14 @@ def cmd_run(args) -> None:
 
 
 def cmd_compare(args) -> None:
+    from . import tasks
     from .compare import compare
 
     lr = "sweep" if args.lr == "sweep" else float(args.lr)
-    result = compare(args.task, args.variants, steps=args.steps, lr=lr, seeds=args.seeds, budget=args.budget,
-                     store=args.runs, progress=True)  # one bar per run on a terminal
+    inputs = _train_inputs(args)
+    task = tasks.get(args.task, **inputs.pop("task_options", {}))
+    result = compare(task, args.variants, lr=lr, seeds=args.seeds, budget=args.budget, store=args.runs,
+                     progress=True, **inputs)  # one bar per run on a terminal
     _print(result.table.drop(columns=["config", "run_id"]))
 
 
@@ -105,6 +131,13 @@ def cmd_docs(args) -> None:
     print("\n".join(f"wrote {p}" for p in written) or "generated docs were already up to date")
 
 
+def cmd_dashboard(args) -> None:
+    """The Gradio dashboard (what ``python app.py`` starts): local only unless ``--host`` says otherwise."""
+    from .dashboard.app import serve
+
+    serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,23 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train one variant on one task")
     r.add_argument("task")
     r.add_argument("variant")
-    r.add_argument("--steps", type=int, default=200)
-    r.add_argument("--lr", type=float, default=1e-2)
-    r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--recipe", default=None)
     r.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="variant hyper-parameters, e.g. r=8 alpha=16")
+    r.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="task options, e.g. layout=parallel noise=0.1")
+    r.add_argument("--no-presets", action="store_true", help="ignore the variant's preset for the task")
     r.add_argument("--runs", default="runs", help="run store folder")
+    _add_settings_flags(r)
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("compare", help="several variants side by side on one task")
     c.add_argument("task")
     c.add_argument("variants", nargs="+")
-    c.add_argument("--steps", type=int, default=200)
-    c.add_argument("--lr", default="sweep", help="a number, or 'sweep'")
+    c.add_argument("--lr", default="sweep", help="a number, or 'sweep' (rates around the task's default)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
+    c.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="task options, e.g. layout=parallel noise=0.1")
+    c.add_argument("--no-presets", action="store_true", help="ignore the variants' presets for the task")
     c.add_argument("--budget", type=int, default=None, help="match trainable parameters to this count")
     c.add_argument("--runs", default="runs")
+    _add_settings_flags(c, skip=("lr", "seed"))
     c.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("runs", help="list (or delete) stored runs")
@@ -149,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--root", default=".", help="the repository folder (holds README.md and docs/)")
     o.add_argument("--check", action="store_true", help="write nothing; exit 2 when a generated file is stale")
     o.set_defaults(fn=cmd_docs)
+
+    g = sub.add_parser("dashboard", help="the Gradio dashboard: learn, train live, compare, inspect (binds "
+                                         "127.0.0.1 unless --host says otherwise)")
+    add_dashboard_arguments(g).set_defaults(fn=cmd_dashboard)
     return p
 
 

@@ -141,7 +141,7 @@ class Trainer:
     def probe(self, phase: str, step: int, batch) -> None:
         for probe in self.probe_list:
             pctx = ProbeContext(adaptation=self.ad, task=self.task, step=step, batch=batch, reference=self.reference,
-                                state=self.probe_states[probe.name])
+                                state=self.probe_states[probe.name], loop=self.ctx)
             out = getattr(probe, phase)(pctx)
             if out is None:
                 continue

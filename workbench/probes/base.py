@@ -16,6 +16,7 @@ class ProbeContext:
     batch: Any = None                   # the current training batch, on the model's device
     reference: dict[str, torch.Tensor] | None = None   # the true ΔW per module, where known
     state: dict = field(default_factory=dict)          # this probe's scratch space for the whole run
+    loop: Any = None   # the loop's StepContext (total_steps, lr, optimizer) inside train(); None when run standalone
 
 
 @dataclass
