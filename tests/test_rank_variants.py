@@ -147,18 +147,21 @@ def test_sora_proximal_step_is_a_soft_threshold():
     torch.testing.assert_close(layer.gate.detach(), torch.tensor([0.48, -0.48, 0.0, 0.0]))
 
 
-peft = pytest.importorskip("peft")
+@pytest.fixture
+def peft():
+    """PEFT, for the tests that compare with it: only they are skipped where it is not installed."""
+    return pytest.importorskip("peft")
 
 
-def _peft_adalora(total_step, **kw):
+def _peft_adalora(peft, total_step, **kw):
     cfg = peft.AdaLoraConfig(target_modules=["0", "2"], init_r=6, target_r=3, lora_alpha=32, tinit=2, tfinal=2,
                              deltaT=1, total_step=total_step, beta1=0.85, beta2=0.85, orth_reg_weight=0.5, **kw)
     return peft.get_peft_model(tiny_model(), cfg)
 
 
-def test_adalora_matches_peft_forward_regularizer_budget_and_masks():
+def test_adalora_matches_peft_forward_regularizer_budget_and_masks(peft):
     total = 10
-    pm = _peft_adalora(total)
+    pm = _peft_adalora(peft, total)
     ad = wb.adapt(tiny_model(), "adalora", ["0", "2"], r=6, target_r=3, alpha=32.0, tinit=2, tfinal=2, delta_t=1)
     with torch.no_grad():  # same tensors in both
         for name, layer in ad.named_layers():
@@ -168,7 +171,7 @@ def test_adalora_matches_peft_forward_regularizer_budget_and_masks():
             layer.gate.copy_(torch.randn(6))
             t.lora_E["default"].copy_(layer.gate[:, None])
     torch.testing.assert_close(ad.model(X), pm(X), atol=1e-5, rtol=1e-5)
-    ours_reg = ad.variant.regularizer(ad)
+    ours_reg = ad.variant.regularizer(StepContext.standalone(ad, total_steps=1))
     y = torch.randn(9, 32)
     peft_reg = 0.0  # PEFT adds it to a Hugging Face output's loss only; its formula, by hand on PEFT's tensors
     for n, p in pm.named_parameters():
@@ -279,7 +282,7 @@ def test_adalora_regularizer_is_its_formula_before_sharing():
         for cov in (layer.lora_A @ layer.lora_A.t(), layer.lora_B.t() @ layer.lora_B):
             total = total + torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0]))
             n += 1
-    assert torch.equal(ad.variant.regularizer(ad), 0.7 * total / n)
+    assert torch.equal(ad.variant.regularizer(StepContext.standalone(ad, total_steps=1)), 0.7 * total / n)
 
 
 def test_increlora_regularizer_is_its_formula_before_sharing_reserves_included():
@@ -290,7 +293,8 @@ def test_increlora_regularizer_is_its_formula_before_sharing_reserves_included()
         a, b = layer.lora_A, layer.lora_B
         eye = torch.eye(a.shape[0])
         terms.append(torch.linalg.matrix_norm(a @ a.t() - eye) + torch.linalg.matrix_norm(b.t() @ b - eye))
-    assert torch.equal(ad.variant.regularizer(ad), 0.1 * torch.stack(terms).mean())
+    reg = ad.variant.regularizer(StepContext.standalone(ad, total_steps=1))
+    assert torch.equal(reg, 0.1 * torch.stack(terms).mean())
     assert ad.layer("2").lora_A.shape[0] == 1 + 2 + 2  # the reserve is in A and B, so in the penalty
 
 

@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_model
 
 import workbench as wb
+from workbench.events import StepContext
 from workbench.variants.tiny.tlora import factorize
 
 X = torch.randn(6, 32, generator=torch.Generator().manual_seed(7))
@@ -344,11 +345,12 @@ def test_tlora_starts_at_the_identity_and_its_weight_is_w0_t_plus_s_delta():
 
 def test_tlora_identity_penalty_is_zero_at_init_and_grows_with_the_transform():
     ad = wb.adapt(tiny_model(), "tlora", ["0", "2"], cores=2, r=2, transform_rank=2, identity_reg=0.1)
-    assert ad.variant.regularizer(ad).item() == 0.0
+    assert ad.variant.regularizer(StepContext.standalone(ad, total_steps=1)).item() == 0.0
     _perturb(ad)
-    assert ad.variant.regularizer(ad).item() > 0.0
+    assert ad.variant.regularizer(StepContext.standalone(ad, total_steps=1)).item() > 0.0
     plain = wb.adapt(tiny_model(), "tlora", ["0", "2"])
-    assert plain.variant.regularizer(plain) is None  # the official script trains without the penalty
+    # the official script trains without the penalty
+    assert plain.variant.regularizer(StepContext.standalone(plain, total_steps=1)) is None
 
 
 def test_tlora_learns_a_full_rank_transform_and_lowers_the_loss():

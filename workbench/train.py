@@ -189,7 +189,7 @@ class Trainer:
             nonlocal probe_pending, probe_seconds
             self.recipe.optimizer.zero_grad(set_to_none=True)
             loss = self.task.loss(self.ad.model, batch)
-            reg = self.variant.regularizer(self.ad)
+            reg = self.variant.regularizer(self.ctx)
             (loss if reg is None else loss + reg).backward()
             if self.s.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.trainable, self.s.max_grad_norm)

@@ -290,8 +290,8 @@ class Variant:
         return [{"params": [p for p in adaptation.parameters() if p.requires_grad], "lr": lr,
                  "weight_decay": weight_decay}]
 
-    def regularizer(self, adaptation) -> torch.Tensor | None:
-        """A term added to the loss (orthogonality, L1, KL, ...); ``None`` for none."""
+    def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
+        """A term added to the loss (orthogonality, L1, KL, ...) at step ``ctx.step``; ``None`` for none."""
         return None
 
     def on_step(self, ctx: StepContext) -> None:

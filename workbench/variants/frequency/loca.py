@@ -129,7 +129,7 @@ class LoCA(Variant):
         return int(self.config.search_fraction * total_steps)
 
     def on_step(self, ctx):
-        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
+        adaptation, step = ctx.adaptation, ctx.step
         """Set which tensors the *next* step trains: 10 coefficient steps, then 20 location steps, per cycle."""
         nxt = step + 1
         searching = nxt < self.search_steps(ctx.total_steps)

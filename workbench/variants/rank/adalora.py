@@ -121,14 +121,15 @@ class AdaLoRA(Variant):
         super().__init__(config)
         self.allocator: Allocator | None = None
 
-    def regularizer(self, adaptation):
+    def regularizer(self, ctx):
+        adaptation = ctx.adaptation
         if self.config.orth_reg_weight == 0:
             return None
         layers = [layer for _, layer in adaptation.named_layers()]
         return orthogonality_regularizer(layers, self.config.orth_reg_weight, per="matrix")  # PEFT: mean over P, Q
 
     def on_step(self, ctx):
-        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
+        adaptation, step = ctx.adaptation, ctx.step
         layers = [layer for _, layer in adaptation.named_layers()]
         if self.allocator is None:
             self.allocator = Allocator(self.config, len(layers), ctx.total_steps)

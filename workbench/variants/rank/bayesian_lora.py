@@ -93,7 +93,8 @@ class BayesianLoRA(Variant):
     notes = ("Rank gates only: the quantization-level gates (for quantized bases) are not implemented; the prior is "
              "the expected fraction of active rank parameters (paper's exact prior not confirmed).")
 
-    def regularizer(self, adaptation):
+    def regularizer(self, ctx):
+        adaptation = ctx.adaptation
         if self.config.prior == 0:
             return None
         expected, total = 0.0, 0.0

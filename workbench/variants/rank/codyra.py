@@ -73,7 +73,7 @@ class CoDyRA(Variant):
         return self.config.kappa_max * level / (LEVELS - 1)
 
     def on_step(self, ctx):
-        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
+        adaptation, step = ctx.adaptation, ctx.step
         kappa = self.kappa(step, ctx.total_steps)
         if kappa == 0:
             return

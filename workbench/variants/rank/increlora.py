@@ -208,7 +208,8 @@ class IncreLoRA(Variant):
         for _, layer in ctx.adaptation.named_layers():
             layer.watch_gradient()
 
-    def regularizer(self, adaptation):
+    def regularizer(self, ctx):
+        adaptation = ctx.adaptation
         if self.config.orth_reg_weight == 0:
             return None
         layers = [layer for _, layer in adaptation.named_layers()]

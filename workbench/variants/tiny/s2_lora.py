@@ -92,5 +92,5 @@ class S2LoRA(Variant):
         return with_gate_group(adaptation, [layer.coef for _, layer in adaptation.named_layers()], lr, weight_decay)
 
     def on_step(self, ctx):
-        adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
+        adaptation, optimizer = ctx.adaptation, ctx.optimizer
         soft_threshold_([layer.coef for _, layer in adaptation.named_layers()], optimizer, self.config.lam)

@@ -132,7 +132,8 @@ class TLoRA(Variant):
              "training script (the penalty's strength in the paper is not confirmed); not a linear delta: "
              "effective_weight() = W0·T + s·Δ.")
 
-    def regularizer(self, adaptation):
+    def regularizer(self, ctx):
+        adaptation = ctx.adaptation
         if self.config.identity_reg == 0:
             return None
         R = self.config.transform_rank
