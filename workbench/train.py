@@ -191,12 +191,15 @@ class Trainer:
             loss = self.task.loss(self.ad.model, batch)
             reg = self.variant.regularizer(self.ctx)
             (loss if reg is None else loss + reg).backward()
-            if self.s.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.trainable, self.s.max_grad_norm)
-            if probe_pending:
+            first = probe_pending
+            if first:  # before clipping: a gradient probe records the gradient the loss produced
                 probe_pending, started = False, time.perf_counter()
                 self.probe("before_step", step, batch)
                 probe_seconds += time.perf_counter() - started
+            if self.s.max_grad_norm is not None:
+                total = torch.nn.utils.clip_grad_norm_(self.trainable, self.s.max_grad_norm)
+                if first:  # the norm the clip saw, at probe steps (one sync each)
+                    self.run.log(step, "train", "", "grad_norm_before_clip", total)
             return loss
 
         loss = self.recipe.step(closure)
