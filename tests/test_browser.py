@@ -1,19 +1,19 @@
-"""End to end in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): train, see the live plot,
-open the run in Inspect, compute a landscape; screenshots of every tab go to assets/ for the README."""
+"""End to end in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): every variant's formula
+rendered by KaTeX, train, see the live plot and its caption, open the run in Inspect, compute a landscape;
+screenshots of every tab go to assets/ for the README."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -21,6 +21,9 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)",
                 allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
+
+from workbench import figures  # noqa: E402
+from workbench.dashboard.callbacks import variant_names  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-quic"]
@@ -34,8 +37,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    sys.path.insert(0, str(ROOT))
-    import app
+    from workbench.dashboard import app
 
     t0 = time.perf_counter()
     demo = app.build_app(str(tmp_path_factory.mktemp("runs")))
@@ -77,6 +79,30 @@ def pick(page, label: str, option: str) -> None:
     page.get_by_role("option", name=option).first.click()
 
 
+#: the card's text with its KaTeX output removed: what is left must hold no TeX source
+TEXT_OUTSIDE_MATH = """el => { const c = el.cloneNode(true); c.querySelectorAll('.katex').forEach(k => k.remove());
+                               return c.textContent; }"""
+
+
+def dark_pixels(png: bytes) -> int:
+    from PIL import Image
+
+    return sum(Image.open(io.BytesIO(png)).convert("L").histogram()[:128])  # pixels with luminance below 128
+
+
+def check_formula(page, variant: str) -> None:
+    """The Learn card's formula is KaTeX output: no parse error, no TeX left as text, and every double-struck
+    letter (ℝ in B ∈ ℝ^{d_out×r}) drawn with ink in its loaded font KaTeX_AMS (a blank glyph has no dark pixel)."""
+    card = page.locator(".block.learn-card")
+    assert card.locator(".katex").count() >= 1, f"{variant}: the formula was not rendered by KaTeX"
+    assert card.locator(".katex-error").count() == 0, f"{variant}: KaTeX could not parse the formula"
+    left = card.evaluate(TEXT_OUTSIDE_MATH)
+    assert not re.search(r"\\[A-Za-z]+|\$", left), f"{variant}: raw TeX in the card: {left[:200]!r}"
+    for glyph in card.locator(".katex-html .mathbb").all():
+        assert page.evaluate("document.fonts.check('16px KaTeX_AMS')"), "KaTeX_AMS (the font of ℝ) is not loaded"
+        assert dark_pixels(glyph.screenshot()) >= 10, f"{variant}: {glyph.inner_text()!r} is drawn blank"
+
+
 def test_dashboard_end_to_end(server, page):
     url, startup = server
     t0 = time.perf_counter()
@@ -84,6 +110,7 @@ def test_dashboard_end_to_end(server, page):
     page.get_by_text("Freeze W0 and learn a rank-r update").wait_for(timeout=20_000)  # the Learn card rendered
     usable = time.perf_counter() - t0
     print(f"\nstartup (build + launch) {startup:.2f} s; page usable {usable:.2f} s after navigation")
+    check_formula(page, "lora")  # B ∈ ℝ^{d_out×r}
     shot(page, "learn")
 
     # Train: press Run, the first live point must appear while training goes on
@@ -93,6 +120,7 @@ def test_dashboard_end_to_end(server, page):
     page.locator(".js-plotly-plot .scatterlayer .trace").locator("visible=true").first.wait_for(timeout=30_000)
     print(f"first live plot {time.perf_counter() - t0:.2f} s after pressing Run")
     page.get_by_text("completed").first.wait_for(timeout=60_000)
+    assert page.get_by_text(figures.caption("allocation_heatmap")).locator("visible=true").count() >= 1
     shot(page, "train")
 
     # Compare two variants
@@ -140,3 +168,14 @@ def test_dashboard_end_to_end(server, page):
 
     outside = [u for u in page.requests if not u.startswith(("http://127.0.0.1", "data:", "blob:"))]
     assert not outside, f"the page requested resources outside this machine: {outside[:5]}"
+
+
+def test_every_variants_formula_renders(server, page):
+    """Each registered variant's Learn card: the formula is KaTeX output with nothing left as raw TeX."""
+    page.goto(server[0])
+    page.get_by_text("Freeze W0 and learn a rank-r update").wait_for(timeout=20_000)
+    for name in variant_names():
+        page.get_by_label("variant").locator("visible=true").first.click()
+        page.get_by_role("option", name=name, exact=True).first.click()
+        page.locator(".block.learn-card").get_by_role("heading", name=name, exact=True).wait_for(timeout=20_000)
+        check_formula(page, name)

@@ -45,8 +45,8 @@ CAPTIONS: dict[str, str] = {
                            "directions, 0 = orthogonal). Look for how fast it climbs towards 1.",
     "gradient_norms": "Norm of each module's adapter gradient per step, log scale. Look for modules whose gradients "
                       "vanish (they stopped learning) or spike (instability; try a smaller learning rate).",
-    "spectra": "Singular values σᵢ of ΔW at one step, log scale; dashed: the true ΔW where the task knows it. Where the "
-               "curve drops is the rank the update actually uses; compare it with the dashed truth.",
+    "spectra": "Singular values σᵢ of ΔW at one step, log scale; dashed: the true ΔW where the task knows it. Where "
+               "the curve drops is the rank the update actually uses; compare it with the dashed truth.",
     "spectra_over_time": "Heatmap of log σᵢ(ΔW) per step: each row a probe step, each column a singular value. Look "
                          "for how many columns light up and when: the update's rank filling in over training.",
     "frequency_map": "Magnitude of ΔW's coefficients in a frequency basis (DCT, FFT or Walsh–Hadamard); circles: the "

@@ -25,6 +25,7 @@ from ..train import train
 from ..variant import get_variant, variant_infos
 from . import jobs
 from .forms import parse_config, parse_number, parse_task_options
+from .learn import sizing_note
 
 DEMO_TASK = "synthetic:lowrank"
 DEMO_STEPS = 150
@@ -71,12 +72,15 @@ def store(root: str) -> RunStore:
 # -- Learn ----------------------------------------------------------------------------------------------------
 
 def learn_card(variant: str, task_name: str = DEMO_TASK) -> str:
-    """What a variant is: paper, idea, formula, and what it costs on the chosen task."""
+    """What a variant is: paper, idea, formula, what it costs on the chosen task, and a line when a paper default
+    is sized for much larger layers than the task's (``learn.sizing_note``)."""
     cls = get_variant(variant)
     task = get_task(task_name)
     ad = adapt(task.model(), cls, task.targets)
     n, layers = ad.num_trainable(), len(ad.module_names)
     base = sum(layer.base.weight.numel() for _, layer in ad.named_layers())
+    shapes = {name: (layer.base.out_features, layer.base.in_features) for name, layer in ad.named_layers()}
+    note = sizing_note(cls.Config.fields_info(), shapes)
     fields = "\n".join(f"| `{f['name']}` | `{f['default']!r}` | {f.get('help', '')} |"
                        for f in cls.Config.fields_info()) or "| — | — | no hyper-parameters |"
     flags = ", ".join(x for x, on in (("dynamic allocation", cls.dynamic), ("linear ΔW", cls.linear_delta()),
@@ -85,7 +89,8 @@ def learn_card(variant: str, task_name: str = DEMO_TASK) -> str:
             f"{cls.formula}\n\n"
             f"On **{task_name}** with the paper's defaults: **{n:,}** trainable parameters in {layers} adapted layers "
             f"({100 * n / max(base, 1):.2f}% of those layers' {base:,} weights).\n\n"
-            f"| field | default | meaning |\n| --- | --- | --- |\n{fields}")
+            + (f"{note}\n\n" if note else "")
+            + f"| field | default | meaning |\n| --- | --- | --- |\n{fields}")
 
 
 def start_demo(variant: str) -> str:
@@ -273,6 +278,11 @@ def run_steps(root: str, run_id: str) -> tuple[int, int, list[str]]:
     run = load_run(root, run_id)
     steps = run.snapshot_steps("spectra", "singular_values") or [0]
     return min(steps), max(steps), modules_of([run])
+
+
+def frequency_basis_of(root: str, run_id: str) -> str:
+    """The frequency basis the saved run's variant places its spectral locations in (the Inspect tab's default)."""
+    return figures.frequency_basis(load_run(root, run_id))
 
 
 def inspect_view(root: str, run_id: str, step: Any, module: str | None, kind: str = "dct") -> tuple:

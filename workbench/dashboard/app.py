@@ -1,0 +1,288 @@
+"""LoRA Workbench dashboard: learn, train live, compare, inspect, landscapes, runs.
+
+    workbench dashboard [--host 127.0.0.1] [--port 7860] [--runs runs] [--data-dir ../shared/data]
+    python app.py ...   (the same, from a checkout)
+
+Layout only: every callback lives in ``callbacks.py``, every figure (and its caption, shown under the plot) comes
+from ``workbench.figures``. Binds 127.0.0.1 by default, no share link, Gradio analytics off, nothing loaded from the
+internet (system fonts only; KaTeX's fonts ship with Gradio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
+
+import gradio as gr  # noqa: E402
+
+from .. import figures  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
+from . import callbacks as cb  # noqa: E402
+from .arguments import DEFAULT_HOST, DEFAULT_PORT, add_arguments  # noqa: E402
+from .forms import config_table  # noqa: E402
+
+THEME = gr.themes.Default(font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
+                          font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
+POLL_SECONDS = 0.3
+# the Learn card's formulas at 1.6x the text size (KaTeX's own 1.21x drew the double-struck ℝ of B ∈ ℝ^{d_out×r}
+# with strokes so thin that it all but vanished in screenshots and at ordinary zoom)
+CSS = (".status {min-height: 2.5em}\n"
+       ".learn-card .katex {font-size: 1.6em}\n"
+       ".caption p {font-size: var(--text-sm); color: var(--body-text-color); opacity: 0.75; margin: 0 0.5em}")
+TASK_OPTIONS_HINT = "optional key=value pairs, e.g. layout=parallel, noise=0.1 (a wrong key lists the valid ones)"
+
+
+def _safe(fn, n_outputs: int):
+    """Run a callback; on bad input show the message in a toast and leave every output unchanged."""
+    def wrapped(*args):
+        try:
+            return fn(*args)
+        except (ConfigError, FileNotFoundError, ValueError) as exc:
+            gr.Warning(str(exc))
+            return tuple(gr.skip() for _ in range(n_outputs)) if n_outputs > 1 else gr.skip()
+    return wrapped
+
+
+def captioned_plot(label: str, builder: str, kind: str | None = None) -> gr.Plot:
+    """A plot for ``figures.<builder>`` with that figure's caption under it (what it shows, what to look for)."""
+    with gr.Column(min_width=320):
+        shown = gr.Plot(label=label)
+        gr.Markdown(figures.caption(builder, kind), elem_classes="caption")
+    return shown
+
+
+def build_app(runs_root: str = "runs") -> gr.Blocks:
+    variants = cb.variant_names()
+    task_list = cb.task_names()
+    cb.get_task(cb.DEMO_TASK)  # built once up front (0.1 s), so the first Run shows its first point sooner
+
+    with gr.Blocks(title="LoRA Workbench", analytics_enabled=False) as demo:
+        root = gr.State(runs_root)
+        gr.Markdown("# LoRA Workbench\nTrain, inspect and compare LoRA variants side by side.")
+
+        # ---- Learn ---------------------------------------------------------------------------------------
+        with gr.Tab("Learn"):
+            with gr.Row():
+                learn_variant = gr.Dropdown(variants, value="lora", label="variant")
+                learn_task = gr.Dropdown(task_list, value="synthetic:lowrank", label="count parameters on task")
+            learn_md = gr.Markdown(latex_delimiters=[{"left": "$", "right": "$", "display": False}],
+                                   elem_classes="learn-card")
+            demo_btn = gr.Button("Watch a 10-second demo on synthetic:lowrank", variant="primary")
+            demo_status = gr.Markdown(elem_classes="status")
+            with gr.Row():
+                demo_loss = captioned_plot("loss", "loss_curves")
+                demo_spectra = captioned_plot("spectrum of ΔW", "spectra")
+            demo_job, demo_seen = gr.State(None), gr.State(-1)
+
+        # ---- Train ---------------------------------------------------------------------------------------
+        with gr.Tab("Train"):
+            with gr.Row():
+                task = gr.Dropdown(task_list, value="synthetic:lowrank", label="task")
+                task_opts = gr.Textbox("", label="task options", placeholder=TASK_OPTIONS_HINT)
+                variant = gr.Dropdown(variants, value="lora", label="variant")
+            config = gr.Dataframe(config_table("lora"), label="hyper-parameters (edit the value column)",
+                                  interactive=True, static_columns=[0, 2, 3], wrap=True)
+            with gr.Row():
+                steps = gr.Textbox("300", label="steps")
+                lr = gr.Textbox("0.01", label="learning rate")
+                seed = gr.Textbox("0", label="seed")
+                batch = gr.Textbox("32", label="batch size")
+                every = gr.Textbox("10", label="probe every (steps)")
+            with gr.Row():
+                run_btn = gr.Button("Run", variant="primary")
+                stop_btn = gr.Button("Stop")
+            train_status = gr.Markdown(elem_classes="status")
+            with gr.Row():
+                loss_plot = captioned_plot("loss", "loss_curves")
+                grad_plot = captioned_plot("gradient norms", "gradient_norms")
+            with gr.Row():
+                spec_plot = captioned_plot("spectrum of ΔW", "spectra")
+                alloc_plot = captioned_plot("allocation", "allocation_heatmap")
+            train_job, train_seen = gr.State(None), gr.State(-1)
+
+        # ---- Compare -------------------------------------------------------------------------------------
+        with gr.Tab("Compare"):
+            with gr.Row():
+                cmp_task = gr.Dropdown(task_list, value="synthetic:lowrank", label="task")
+                cmp_task_opts = gr.Textbox("", label="task options", placeholder=TASK_OPTIONS_HINT)
+                cmp_seeds = gr.Textbox("0", label="seeds (comma-separated)")
+                cmp_steps = gr.Textbox("200", label="steps")
+                cmp_lr = gr.Textbox("0.01", label="learning rate (a number, or 'sweep')")
+            cmp_variants = gr.CheckboxGroup(variants, value=["lora", "dora"], label="variants")
+            cmp_btn = gr.Button("Compare", variant="primary")
+            cmp_status = gr.Markdown(elem_classes="status")
+            cmp_module = gr.Dropdown([], label="module (aligns the side-by-side panels)", allow_custom_value=True)
+            cmp_table = captioned_plot("results", "comparison_table")
+            cmp_loss = captioned_plot("loss curves", "loss_curves")
+            cmp_spectra = captioned_plot("spectra side by side", "small_multiples", "spectra")
+            cmp_alloc = captioned_plot("allocation side by side", "small_multiples", "allocation")
+            cmp_freq = captioned_plot("|DCT(ΔW)| side by side", "small_multiples", "dct")
+            cmp_job, cmp_seen = gr.State(None), gr.State(-1)
+
+        # ---- Inspect -------------------------------------------------------------------------------------
+        with gr.Tab("Inspect"):
+            with gr.Row():
+                insp_run = gr.Dropdown(cb.run_choices(runs_root), label="saved run", allow_custom_value=True)
+                insp_refresh = gr.Button("Refresh list", size="sm")
+            with gr.Row():
+                insp_step = gr.Slider(0, 1, value=1, step=1, label="training step")
+                insp_module = gr.Dropdown([], label="module", allow_custom_value=True)
+                insp_kind = gr.Radio(["dct", "fft", "wht"], value="dct", label="frequency basis")
+            insp_head = gr.Markdown()
+            with gr.Row():
+                insp_spectra = captioned_plot("singular values", "spectra")
+                insp_freq = captioned_plot("frequency map", "frequency_map")
+            with gr.Row():
+                insp_erank = captioned_plot("effective rank", "effective_rank_over_time")
+                insp_sim = captioned_plot("subspace similarity", "subspace_similarity")
+            with gr.Row():
+                insp_grad = captioned_plot("gradient norms", "gradient_norms")
+                insp_alloc = captioned_plot("allocation", "allocation_heatmap")
+            with gr.Row():
+                insp_views = captioned_plot("variant views", "variant_views")
+                insp_traj = captioned_plot("learned locations over training", "location_trajectories")
+
+        # ---- Landscape -----------------------------------------------------------------------------------
+        with gr.Tab("Landscape"):
+            with gr.Row():
+                land_run = gr.Dropdown(cb.run_choices(runs_root), label="saved run", allow_custom_value=True)
+                land_mode = gr.Radio(["adapter", "delta"], value="delta", label="directions in")
+                land_dims = gr.Radio(["1", "2"], value="2", label="dimensions")
+                land_steps = gr.Textbox("15", label="grid points per axis")
+                land_span = gr.Textbox("1.0", label="span")
+            land_btn = gr.Button("Compute", variant="primary")
+            land_md = gr.Markdown()
+            land_plot = captioned_plot("loss landscape", "landscape")
+
+        # ---- Runs ----------------------------------------------------------------------------------------
+        with gr.Tab("Runs"):
+            with gr.Row():
+                runs_query = gr.Textbox(label="filter (any text: variant, task, status ...)")
+                runs_refresh = gr.Button("Refresh", size="sm")
+            runs_df = gr.Dataframe(cb.runs_table(runs_root), interactive=False, wrap=True)
+            with gr.Row():
+                runs_pick = gr.Dropdown(cb.run_choices(runs_root), label="run", allow_custom_value=True)
+                dl_btn = gr.Button("Prepare downloads")
+                del_btn = gr.Button("Delete run", variant="stop")
+            runs_msg = gr.Markdown()
+            runs_files = gr.File(label="adapter (safetensors), metrics (CSV), PEFT export", file_count="multiple")
+
+        # ---- events --------------------------------------------------------------------------------------
+        timer = gr.Timer(POLL_SECONDS)
+
+        learn_inputs = [learn_variant, learn_task]
+        for trigger in (demo.load, learn_variant.change, learn_task.change):
+            trigger(_safe(cb.learn_card, 1), learn_inputs, learn_md)
+        demo_btn.click(_safe(cb.start_demo, 1), learn_variant, demo_job)
+
+        def poll_demo(job_id, seen):
+            version = cb.job_version(job_id)
+            if version == seen:
+                return gr.skip(), gr.skip(), gr.skip(), seen
+            loss, _, spectra, _ = cb.live_figures(job_id)
+            return cb.job_status(job_id), loss, spectra, version
+
+        timer.tick(poll_demo, [demo_job, demo_seen], [demo_status, demo_loss, demo_spectra, demo_seen],
+                   show_progress="hidden")
+
+        variant.change(lambda v: config_table(v), variant, config)
+        run_btn.click(_safe(cb.start_training, 1),
+                      [task, variant, config, steps, lr, seed, batch, every, root, task_opts],
+                      train_job)
+        stop_btn.click(cb.stop_job, train_job, train_status)
+
+        def poll_train(job_id, seen):
+            version = cb.job_version(job_id)
+            if version == seen:
+                return (gr.skip(),) * 5 + (seen,)
+            return (cb.job_status(job_id), *cb.live_figures(job_id), version)
+
+        timer.tick(poll_train, [train_job, train_seen],
+                   [train_status, loss_plot, grad_plot, spec_plot, alloc_plot, train_seen], show_progress="hidden")
+
+        cmp_btn.click(_safe(cb.start_comparison, 1),
+                      [cmp_task, cmp_variants, cmp_seeds, cmp_steps, cmp_lr, root, cmp_task_opts],
+                      cmp_job)
+
+        def poll_compare(job_id, seen, module):
+            version = cb.job_version(job_id)
+            if version == seen:
+                return (gr.skip(),) * 7 + (seen,)
+            job = cb.jobs.get(job_id)
+            modules = cb.modules_of(job.runs) if job else []
+            module = module if module in modules else (modules[0] if modules else None)
+            return (cb.comparison_status(job_id), gr.update(choices=modules, value=module),
+                    *cb.comparison_view(job_id, module), version)
+
+        timer.tick(poll_compare, [cmp_job, cmp_seen, cmp_module],
+                   [cmp_status, cmp_module, cmp_table, cmp_loss, cmp_spectra, cmp_alloc, cmp_freq, cmp_seen],
+                   show_progress="hidden")
+        cmp_module.input(lambda j, m: cb.comparison_view(j, m), [cmp_job, cmp_module],
+                          [cmp_table, cmp_loss, cmp_spectra, cmp_alloc, cmp_freq])
+
+        def refresh_choices(root_dir):
+            choices = cb.run_choices(root_dir)
+            return (gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices))
+
+        insp_refresh.click(refresh_choices, root, [insp_run, land_run, runs_pick])
+
+        def on_pick_run(root_dir, run_id):
+            lo, hi, modules = cb.run_steps(root_dir, run_id)
+            module = modules[0] if modules else None
+            kind = cb.frequency_basis_of(root_dir, run_id)
+            return (gr.update(minimum=lo, maximum=hi, value=hi), gr.update(choices=modules, value=module), kind,
+                    *cb.inspect_view(root_dir, run_id, hi, module, kind))
+
+        insp_outputs = [insp_head, insp_spectra, insp_freq, insp_erank, insp_sim, insp_grad, insp_alloc, insp_views,
+                        insp_traj]
+        insp_run.change(_safe(on_pick_run, 12), [root, insp_run],
+                        [insp_step, insp_module, insp_kind] + insp_outputs)
+        for trigger in (insp_step.release, insp_module.input, insp_kind.input):  # user changes only
+            trigger(_safe(cb.inspect_view, 9), [root, insp_run, insp_step, insp_module, insp_kind], insp_outputs)
+
+        def landscape_handler(root_dir, run_id, mode, dims, n, span, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+            return cb.compute_landscape(root_dir, run_id, mode, dims, n, span,
+                                        progress=lambda f: progress(f, desc="evaluating the loss grid"))
+
+        land_btn.click(_safe(landscape_handler, 2), [root, land_run, land_mode, land_dims, land_steps, land_span],
+                       [land_plot, land_md])
+
+        def refresh_runs(root_dir, query):
+            choices = cb.run_choices(root_dir)
+            return cb.runs_table(root_dir, query), gr.update(choices=choices)
+
+        runs_refresh.click(_safe(refresh_runs, 2), [root, runs_query], [runs_df, runs_pick])
+        runs_query.submit(_safe(cb.runs_table, 1), [root, runs_query], runs_df)
+        dl_btn.click(_safe(cb.download_files, 1), [root, runs_pick], runs_files)
+
+        def delete(root_dir, run_id):
+            msg = cb.delete_run(root_dir, run_id)
+            choices = cb.run_choices(root_dir)
+            return msg, cb.runs_table(root_dir), gr.update(choices=choices, value=None)
+
+        del_btn.click(_safe(delete, 3), [root, runs_pick], [runs_msg, runs_df, runs_pick])
+    demo.queue(default_concurrency_limit=4)
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **kwargs):
+    """Launch with the project's safe defaults (local only, no share link, no SSR, system fonts)."""
+    return demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, theme=THEME, css=CSS,
+                       footer_links=[], **kwargs)
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Build and launch from parsed :func:`~workbench.dashboard.arguments.add_arguments` options."""
+    if args.data_dir:
+        os.environ["WORKBENCH_DATA_DIR"] = args.data_dir
+    launch(build_app(args.runs), args.host, args.port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    serve(add_arguments(argparse.ArgumentParser(description="LoRA Workbench dashboard")).parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
