@@ -14,7 +14,11 @@ from safetensors.torch import load_file
 import workbench as wb
 from workbench.events import StepContext
 
-peft = pytest.importorskip("peft")
+
+@pytest.fixture
+def peft():
+    """PEFT, for the tests that compare with it: only they are skipped where it is not installed."""
+    return pytest.importorskip("peft")
 X = torch.randn(5, 7, 32, generator=torch.Generator().manual_seed(3))
 SHAPES = [(64, 32), (32, 64)]  # tiny_model's (d_out, d_in) for its layers "0" and "2"
 
@@ -31,7 +35,7 @@ def _perturb(ad, seed: int = 0) -> None:
 # ------------------------------------------------------------------------------------------- equality with PEFT
 
 
-def test_vera_equals_peft_with_the_same_bases():
+def test_vera_equals_peft_with_the_same_bases(peft):
     ad = wb.adapt(tiny_model(), "vera", ["0", "2"], r=16)
     pm = peft.get_peft_model(tiny_model(), peft.VeraConfig(target_modules=["0", "2"], r=16))
     with torch.no_grad():
@@ -48,7 +52,7 @@ def test_vera_equals_peft_with_the_same_bases():
         torch.testing.assert_close(ad.model(X), pm(X), atol=1e-5, rtol=1e-5)
 
 
-def test_randlora_equals_peft_with_the_same_bases():
+def test_randlora_equals_peft_with_the_same_bases(peft):
     # in != out on both layers, so both orientations (γ on the input side and on the output side) are checked
     ad = wb.adapt(tiny_model(), "randlora", ["0", "2"], r=8, alpha=160.0)
     pm = peft.get_peft_model(tiny_model(), peft.RandLoraConfig(target_modules=["0", "2"], r=8, randlora_alpha=160))
@@ -67,7 +71,7 @@ def test_randlora_equals_peft_with_the_same_bases():
         torch.testing.assert_close(ad.model(X), pm(X), atol=1e-5, rtol=1e-5)
 
 
-def test_uni_lora_equals_peft_and_its_projection_is_an_isometry():
+def test_uni_lora_equals_peft_and_its_projection_is_an_isometry(peft):
     ad = wb.adapt(tiny_model(), "uni-lora", ["0", "2"], r=4, d=256)
     pm = peft.get_peft_model(tiny_model(), peft.UniLoraConfig(target_modules=["0", "2"], r=4, theta_d_length=256))
     with torch.no_grad():

@@ -81,17 +81,31 @@ def test_forward_is_base_plus_delta(name):
                                        atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+#: linear-ΔW layers that define factors(): their update has a low-rank form B A, which they must return
+WITH_FACTORS = [n for n in NAMES if wb.get_variant(n).Layer.linear_delta
+                and wb.get_variant(n).Layer.factors is not wb.VariantLayer.factors]
+WITHOUT_FACTORS = [n for n in NAMES if n not in WITH_FACTORS]
+
+
+@pytest.mark.parametrize("name", WITH_FACTORS)
 def test_factors_match_delta_weight(name):
     _, ad = make(name)
     perturb(ad)
     for _, layer in ad.named_layers():
         f = layer.factors()
-        if f is None:
-            continue
+        assert f is not None, f"{name}: {type(layer).__name__} defines factors() but returned None"
         b, a = f
         assert b.shape[1] == a.shape[0]
         torch.testing.assert_close(b @ a, layer.delta_weight(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", WITHOUT_FACTORS)
+def test_updates_without_a_low_rank_form_return_no_factors(name):
+    """Dense, frequency-domain, magnitude-rescaled and multiplicative updates: ``factors()`` is None, so probes and
+    exports that need B A fall back to ΔW (or skip the layer) instead of using factors that are not ΔW's."""
+    _, ad = make(name)
+    perturb(ad)
+    assert all(layer.factors() is None for _, layer in ad.named_layers())
 
 
 WITH_WEIGHT = [n for n in NAMES if wb.get_variant(n).Layer.has_weight]

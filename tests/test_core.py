@@ -75,8 +75,26 @@ def test_adapt_does_not_touch_global_rng():
 
 
 def test_variant_table_lists_registry():
+    """The table has one row per Variant class defined in the variant modules (found by walking the package, not
+    through the registry), with the class's own family and paper: a module that is not imported, a class that is
+    not registered or a row that is dropped or doubled all fail here."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    package = importlib.import_module("workbench.variants")
+    defined = {}
+    for module_info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        module = importlib.import_module(module_info.name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, wb.Variant) and cls is not wb.Variant and cls.__module__ == module.__name__:
+                defined[cls.__qualname__ + " in " + module.__name__] = cls
+    assert all(wb.get_variant(cls.name) is cls for cls in defined.values()), "a Variant class is not registered"
     t = wb.variant_table()
-    assert list(t.name) == wb.variant_names()
+    assert t.name.is_unique and sorted(t.name) == sorted(cls.name for cls in defined.values())
+    rows = t.set_index("name")
+    assert all(rows.loc[cls.name, "family"] == cls.family and rows.loc[cls.name, "paper"] == cls.paper
+               for cls in defined.values())
     assert {"full", "lora", "rslora", "dora", "pissa"} <= set(t.name)
 
 

@@ -112,3 +112,35 @@ def test_the_scan_finds_the_citations_it_should():
 def test_every_cited_repository_path_exists():
     missing = [f"{where}: {p}" for where, p in cited_paths() if p.rstrip(".") not in PLANNED and not _exists(p)]
     assert not missing, "cited paths that do not exist:\n" + "\n".join(missing)
+
+
+# -- the lock file ----------------------------------------------------------------------------------------------
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"requirements.lock: {line!r} is not an exact pin name==version"
+            pins[_canonical(name)] = version
+    return pins
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_lock_pins_every_declared_dependency_within_its_range():
+    """requirements.lock (what `make` installs) satisfies pyproject.toml's ranges, the dev extra included, and leaves
+    the project itself out (it is installed from the tree with --no-deps)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = _lock()
+    assert _canonical(project["name"]) not in pins
+    for spec in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        req = Requirement(spec)
+        name = _canonical(req.name)
+        assert name in pins, f"requirements.lock has no pin for {req.name}: run `make lock`"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {spec!r}"

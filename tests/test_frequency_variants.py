@@ -11,11 +11,15 @@ from conftest import tiny_model
 import workbench as wb
 from workbench.events import StepContext
 
-peft = pytest.importorskip("peft")
+
+@pytest.fixture
+def peft():
+    """PEFT, for the tests that compare with it: only they are skipped where it is not installed."""
+    return pytest.importorskip("peft")
 X = torch.randn(5, 7, 32, generator=torch.Generator().manual_seed(3))
 
 
-def test_fourierft_equals_peft_with_the_same_entries_and_coefficients():
+def test_fourierft_equals_peft_with_the_same_entries_and_coefficients(peft):
     ad = wb.adapt(tiny_model(), "fourierft", ["0", "2"], n_frequency=100, scaling=150.0)
     pm = peft.get_peft_model(tiny_model(), peft.FourierFTConfig(target_modules=["0", "2"], n_frequency=100,
                                                                 scaling=150.0))

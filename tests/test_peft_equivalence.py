@@ -10,12 +10,16 @@ from conftest import tiny_model
 
 import workbench as wb
 
-peft = pytest.importorskip("peft")
+
+@pytest.fixture
+def peft():
+    """PEFT, for the tests that compare with it: only they are skipped where it is not installed."""
+    return pytest.importorskip("peft")
 
 X = torch.randn(6, 5, 32, generator=torch.Generator().manual_seed(0))
 
 
-def _peft_model(model, **kw):
+def _peft_model(peft, model, **kw):
     cfg = peft.LoraConfig(target_modules=["0", "2"], **kw)
     return peft.get_peft_model(model, cfg)
 
@@ -41,21 +45,21 @@ def _randomize(ad):
 @pytest.mark.parametrize("variant,kw", [("lora", {}), ("rslora", {"use_rslora": True}),
                                         ("dora", {"use_dora": True})])
 @pytest.mark.parametrize("r,alpha", [(4, 8.0), (8, 16.0)])
-def test_same_output_as_peft(variant, kw, r, alpha):
+def test_same_output_as_peft(variant, kw, r, alpha, peft):
     ours = tiny_model()
     ad = wb.adapt(ours, variant, ["0", "2"], r=r, alpha=alpha)
     _randomize(ad)
-    pm = _peft_model(tiny_model(), r=r, lora_alpha=alpha, **kw)
+    pm = _peft_model(peft, tiny_model(), r=r, lora_alpha=alpha, **kw)
     _copy_into_peft(ad, pm, magnitude=variant == "dora")
     with torch.no_grad():
         torch.testing.assert_close(ad.model(X), pm(X), atol=1e-5, rtol=1e-5)
 
 
-def test_dora_gradients_match_peft():
+def test_dora_gradients_match_peft(peft):
     """DoRA's norm is detached in backward (paper §4.3); the gradients must agree with PEFT's too."""
     ad = wb.adapt(tiny_model(), "dora", ["0", "2"], r=4, alpha=8.0)
     _randomize(ad)
-    pm = _peft_model(tiny_model(), r=4, lora_alpha=8.0, use_dora=True)
+    pm = _peft_model(peft, tiny_model(), r=4, lora_alpha=8.0, use_dora=True)
     _copy_into_peft(ad, pm, magnitude=True)
     ad.model(X).square().sum().backward()
     pm(X).square().sum().backward()
@@ -76,10 +80,10 @@ def test_default_init_matches_peft_distribution_and_zero_b():
 
 
 @pytest.mark.parametrize("niter", [0, 4])
-def test_pissa_matches_peft(niter):
+def test_pissa_matches_peft(niter, peft):
     init = "pissa" if niter == 0 else f"pissa_niter_{niter}"
     torch.manual_seed(0)
-    pm = _peft_model(tiny_model(), r=4, lora_alpha=8.0, init_lora_weights=init)
+    pm = _peft_model(peft, tiny_model(), r=4, lora_alpha=8.0, init_lora_weights=init)
     torch.manual_seed(0)
     ours = tiny_model()
     x_before = ours(X)
