@@ -1,8 +1,9 @@
-"""The variant tables of ``docs/VARIANTS.md`` and ``README.md``, generated from the registry so they cannot drift
-from the code.
+"""The tables of ``docs/VARIANTS.md``, ``docs/SETTINGS.md`` and ``README.md``, generated from the declarations
+(the variant registry, ``TrainSettings``, each task's defaults and options) so they cannot drift from the code.
 
-``workbench docs`` rewrites ``docs/VARIANTS.md`` and the README's block between ``<!-- variants:start -->`` and
-``<!-- variants:end -->`` (the rest of the README is written by hand); ``tests/test_docs.py`` fails when either is
+``workbench docs`` rewrites ``docs/VARIANTS.md`` (variants and their presets), ``docs/SETTINGS.md`` (training
+settings, task defaults, task options) and the README's block between ``<!-- variants:start -->`` and
+``<!-- variants:end -->`` (the rest of the README is written by hand); ``tests/test_docs.py`` fails when any is
 out of date.
 """
 
@@ -12,9 +13,11 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .io import atomic_write_text
+from .options import allowed
+from .settings import TrainSettings
 from .variant import variant_infos
 
-__all__ = ["variants_markdown", "readme_variants", "with_readme_variants", "generated_docs", "write_docs",
+__all__ = ["variants_markdown", "settings_markdown", "readme_variants", "with_readme_variants", "generated_docs", "write_docs",
            "stale_docs", "README_START", "README_END"]
 
 HEADER = """# Variants
@@ -47,7 +50,61 @@ def variants_markdown() -> str:
         rows.append(f"| `{v.name}` | {v.family} | {_cell(v.paper)} | {_cell(_defaults(v.config))} | "
                     f"{'yes' if v.linear_delta else 'no'} | {'yes' if v.dynamic else 'no'} | "
                     f"{_cell(v.cls.notes) or '—'} |")
-    return HEADER + "\n".join(rows) + "\n"
+    return HEADER + "\n".join(rows) + "\n" + _presets_markdown()
+
+
+def _values(values: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in values.items()) or "—"
+
+
+def _presets_markdown() -> str:
+    rows = ["", "## Presets", "",
+            "Values a method needs on a task to show its behaviour in a short run, where its paper's defaults are sized "
+            "for large models and long runs. `train()`, `compare()`, the dashboard and the CLI apply them unless told "
+            "otherwise (`presets=False`, `--no-presets`); an explicit value always wins, and each run records where "
+            "every value came from (`run.config[\"sources\"]`).", "",
+            "| variant | task | config | training settings | why |", "| --- | --- | --- | --- | --- |"]
+    for v in variant_infos():
+        for p in v.cls.presets:
+            rows.append(f"| `{v.name}` | `{p.task}` | {_cell(_values(p.config))} | {_cell(_values(p.settings))} | "
+                        f"{_cell(p.reason)} |")
+    return "\n".join(rows) + "\n"
+
+
+def _fields_table(fields: list[dict]) -> list[str]:
+    rows = ["| name | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{f['name']}` | `{f['default']!r}` | {_cell(allowed(f))} | {_cell(f['help'])} |" for f in fields]
+    return rows
+
+
+def _names(value, dynamic: str) -> str:
+    """A class attribute listing module names, or a note when the task sets it per instance (a property)."""
+    return _cell(", ".join(f"`{n}`" for n in value) or "—") if isinstance(value, (list, tuple)) else dynamic
+
+
+def settings_markdown() -> str:
+    """The whole of ``docs/SETTINGS.md``: every training setting, each task's defaults and each task's options."""
+    from . import tasks
+
+    out = ["# Training settings and tasks", "",
+           "Generated from the declarations by `workbench docs` (do not edit by hand). A value `train()` uses comes "
+           "from, lowest first: the declared default below, the task's defaults, the variant's preset for the task "
+           "([VARIANTS.md](VARIANTS.md#presets)), and what the caller passed.", "", "## `TrainSettings`", "",
+           *_fields_table(TrainSettings.fields_info()), "", "## Task defaults", "",
+           "| task | training defaults | adapted layers | trained in full |", "| --- | --- | --- | --- |"]
+    families = {}
+    for name in tasks.names():
+        families.setdefault(name.partition(":")[0], []).append(name)
+    for family, names in families.items():
+        cls = tasks._task_class(names[0])
+        out.append(f"| `{family}:*` | {_cell(_values(cls.defaults))} | {_names(cls.targets or None, 'set per task')} | "
+                   f"{_names(cls.trainable_modules, 'set by its options')} |")
+    for family, names in families.items():
+        fields = tasks.option_fields(names[0])
+        if fields:
+            out += ["", f"## Options of `{family}:*` ({', '.join(f'`{n}`' for n in names)})", "",
+                    *_fields_table(fields)]
+    return "\n".join(out) + "\n"
 
 
 def readme_variants() -> str:
@@ -76,7 +133,7 @@ def generated_docs(root: Path | str = ".") -> dict[Path, str]:
     """What ``workbench docs`` writes under the repository ``root``: path → full text."""
     root = Path(root)
     readme = root / "README.md"
-    return {root / "docs" / "VARIANTS.md": variants_markdown(),
+    return {root / "docs" / "VARIANTS.md": variants_markdown(), root / "docs" / "SETTINGS.md": settings_markdown(),
             readme: with_readme_variants(readme.read_text(encoding="utf-8"))}
 
 
