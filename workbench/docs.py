@@ -17,7 +17,8 @@ from .options import allowed
 from .settings import TrainSettings
 from .variant import variant_infos
 
-__all__ = ["variants_markdown", "settings_markdown", "readme_variants", "with_readme_variants", "generated_docs", "write_docs",
+__all__ = ["variants_markdown", "settings_markdown", "readme_variants", "with_readme_variants", "generated_docs",
+           "write_docs",
            "stale_docs", "README_START", "README_END"]
 
 HEADER = """# Variants
@@ -59,8 +60,8 @@ def _values(values: dict) -> str:
 
 def _presets_markdown() -> str:
     rows = ["", "## Presets", "",
-            "Values a method needs on a task to show its behaviour in a short run, where its paper's defaults are sized "
-            "for large models and long runs. `train()`, `compare()`, the dashboard and the CLI apply them unless told "
+            "Values a method needs on a task to show its behaviour in a short run, where its paper's defaults are "
+            "sized for large models and long runs. `train()`, `compare()`, the dashboard and the CLI apply them unless told "
             "otherwise (`presets=False`, `--no-presets`); an explicit value always wins, and each run records where "
             "every value came from (`run.config[\"sources\"]`).", "",
             "| variant | task | config | training settings | why |", "| --- | --- | --- | --- | --- |"]
