@@ -61,9 +61,9 @@ def _values(values: dict) -> str:
 def _presets_markdown() -> str:
     rows = ["", "## Presets", "",
             "Values a method needs on a task to show its behaviour in a short run, where its paper's defaults are "
-            "sized for large models and long runs. `train()`, `compare()`, the dashboard and the CLI apply them unless told "
-            "otherwise (`presets=False`, `--no-presets`); an explicit value always wins, and each run records where "
-            "every value came from (`run.config[\"sources\"]`).", "",
+            "sized for large models and long runs. `train()`, `compare()`, the dashboard and the CLI apply them unless "
+            "told otherwise (`presets=False`, `--no-presets`); an explicit value always wins, and each run records "
+            "where every value came from (`run.config[\"sources\"]`).", "",
             "| variant | task | config | training settings | why |", "| --- | --- | --- | --- | --- |"]
     for v in variant_infos():
         for p in v.cls.presets:
