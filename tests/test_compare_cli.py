@@ -200,12 +200,12 @@ def test_cli_docs_rewrites_the_generated_files_and_checks_them(tmp_path, capsys)
 
     (tmp_path / "README.md").write_text(f"# hand-written\n{README_START}\nold table\n{README_END}\nmore\n")
     assert main(["docs", "--check", "--root", str(tmp_path)]) == 2
-    assert "stale generated docs: docs/VARIANTS.md, README.md" in capsys.readouterr().err
+    assert "stale generated docs: docs/VARIANTS.md, docs/SETTINGS.md, README.md" in capsys.readouterr().err
     assert main(["docs", "--root", str(tmp_path)]) == 0
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("# hand-written\n") and readme.endswith(f"{README_END}\nmore\n")
     assert "old table" not in readme and f"{len(wb.variant_names())} variants" in readme
-    assert (tmp_path / "docs" / "VARIANTS.md").exists()
+    assert (tmp_path / "docs" / "VARIANTS.md").exists() and (tmp_path / "docs" / "SETTINGS.md").exists()
     assert main(["docs", "--check", "--root", str(tmp_path)]) == 0
 
 
