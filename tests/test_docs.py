@@ -90,11 +90,13 @@ def _texts(path: Path) -> list[tuple[int, str]]:
     return list(enumerate(path.read_text(encoding="utf-8").splitlines(), start=1))
 
 
-def _exists(cited: str) -> bool:
+def _exists(cited: str, where: str = "") -> bool:
+    """From the repository root, or (a Markdown link) from the citing file's folder."""
     cited = cited.rstrip(".")
     if "*" in cited:
         return next(ROOT.glob(cited), None) is not None
-    return (ROOT / cited).exists()
+    here = (ROOT / where.split(":")[0]).parent if where.endswith(".md") or ".md:" in where else ROOT
+    return (ROOT / cited).exists() or (here / cited).exists()
 
 
 def cited_paths() -> list[tuple[str, str]]:
@@ -110,7 +112,8 @@ def test_the_scan_finds_the_citations_it_should():
 
 
 def test_every_cited_repository_path_exists():
-    missing = [f"{where}: {p}" for where, p in cited_paths() if p.rstrip(".") not in PLANNED and not _exists(p)]
+    missing = [f"{where}: {p}" for where, p in cited_paths()
+               if p.rstrip(".") not in PLANNED and not _exists(p, where)]
     assert not missing, "cited paths that do not exist:\n" + "\n".join(missing)
 
 

@@ -173,7 +173,8 @@ def test_limits_probe_reads_attention_norms():
     out = probe.after_step(ProbeContext(adaptation=ad, task=SeqTask(), batch={"x": x}, state={}))
     rec = {(m, k): v for m, k, v in out.records}
     assert {m for m, _ in rec} == {"query", "key"}  # only attention projections
-    expected = float((x @ model.query.weight.t()).abs().max())  # ΔW = 0 at init: W̃ = W0
+    # ΔW = 0 at init: W̃ = W0; the bias is part of the factor the softmax sees
+    expected = float((x @ model.query.weight.t() + model.query.bias).abs().max())
     assert rec[("query", "max_logit_factor")] == pytest.approx(expected, rel=1e-5)
     assert rec[("query", "ratio_to_sqrt_log_L")] == pytest.approx(expected / math.sqrt(math.log(10)), rel=1e-5)
     assert rec[("query", "delta_spectral_norm")] == 0.0

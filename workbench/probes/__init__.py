@@ -2,8 +2,18 @@
 
 A :class:`Probe` returns :class:`ProbeResult` records ``(module, key, value)`` (into ``run.metrics``) and small
 array snapshots ``(module, name) -> tensor`` (into ``run.snapshots``). ``before_step`` runs after the backward pass
-(gradients are populated), ``after_step`` after the optimizer step and the variant's ``on_step``.
+and before gradient clipping (gradients are populated and are the ones the loss produced), ``after_step`` after the
+optimizer step and the variant's ``on_step``, with the adaptation in eval mode.
 The landscape is not a per-step probe: see :func:`workbench.probes.landscape.landscape`.
+
+A probe observes and never changes the run: a probe that runs a forward pass of its own does it inside
+:func:`~workbench.probes.base.isolated_rng`, so that a run with any probe ends in bit-identically the adapter state of
+the same run without it (``tests/test_probes_faithfulness.py``, with dropout on).
+
+What the probes cannot see: adaptation wraps only ``nn.Linear`` layers (``VariantLayer`` refuses anything else), so
+convolutions and GPT-2's ``Conv1D`` (a linear layer stored transposed, (in, out)) cannot be adapted and no probe reads
+them; a model built from them needs its layers converted to ``nn.Linear`` first. Every ΔW, G and map here is in the
+(out, in) layout of ``nn.Linear.weight``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,21 @@
-"""Where the energy of ΔW lives: |2-D DCT-II| (orthonormal), |FFT2| (shifted) and Walsh–Hadamard maps.
+"""Where the energy of ΔW lives: |2-D DCT-II| (orthonormal), |FFT2| (orthonormal, shifted) and Walsh–Hadamard maps.
 
 The DCT is the basis LoCA and synthetic:dct use; FourierFT's coefficients live in the FFT; QWHA's in the
-Walsh–Hadamard basis. Maps larger than ``MAX_SIDE`` are max-pooled for storage (records say so). Variants with
-learned spectral ``locations``/``coefficients`` pass them through for the overlay in ``figures.frequency_map``.
+Walsh–Hadamard basis. All three maps are orthonormal transforms, so Σ map² = ‖ΔW‖_F² for each (Parseval) and the
+three read on one scale; this is not the scale of every variant's own coefficients:
+
+* FFT: the map is |FFT2(ΔW)| / √(mn) (``norm="ortho"``), shifted so the zero frequency is at the centre. FourierFT
+  builds ΔW = α · Re(IFFT2(F)) with torch's default 1/(mn) inverse, so one real coefficient c at entry (j, k) shows
+  as α|c| / (2√(mn)) at (j, k) *and* at its mirror (−j, −k) (the real part splits it in two): multiply a map value
+  by 2√(mn)/α to read |c| (:func:`fourierft_coefficient_scale`). Its ``locations`` index the unshifted spectrum:
+  entry (j, k) is drawn at ((j + m//2) mod m, (k + n//2) mod n) of this map.
+* DCT: |C_m ΔW C_nᵀ|, the orthonormal DCT-II that LoCA and synthetic:dct build ΔW from, so their coefficients read
+  as they are.
+* WHT: |H_m ΔW H_n| with normalised Hadamard matrices (zero-padded to powers of two).
+
+Maps larger than ``MAX_SIDE`` are max-pooled for storage (records say so, in ``map_pooled_from``; learned
+``locations`` are in the unpooled coordinates). Variants with learned spectral ``locations``/``coefficients`` pass
+them through for the overlay in ``figures.frequency_map``.
 """
 
 from __future__ import annotations
@@ -25,7 +38,15 @@ def dct_map(delta: torch.Tensor) -> torch.Tensor:
 
 
 def fft_map(delta: torch.Tensor) -> torch.Tensor:
+    """|FFT2(ΔW)| / √(mn), zero frequency at the centre (``fftshift``); see the module docstring for FourierFT."""
     return torch.fft.fftshift(torch.fft.fft2(delta.detach().float().cpu(), norm="ortho")).abs()
+
+
+def fourierft_coefficient_scale(shape: tuple[int, int], scaling: float) -> float:
+    """The factor 2√(mn)/α that turns an :func:`fft_map` value into |c| of a FourierFT coefficient (ΔW = α ·
+    Re(IFFT2(F)), torch's default normalisation) for a ΔW of ``shape`` (m, n)."""
+    m, n = shape
+    return 2.0 * math.sqrt(m * n) / scaling
 
 
 def wht_map(delta: torch.Tensor) -> torch.Tensor:

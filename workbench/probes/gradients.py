@@ -1,27 +1,45 @@
 """Gradient norms per module and per tensor, and how well each step follows the full-weight gradient.
 
+Norms (``before_step``: after the backward pass and *before* the loop clips gradients, so they are the gradient the
+loss produced; the loop logs the total the clip saw as ``train``/``grad_norm_before_clip``). Every trainable tensor
+of the adaptation is counted exactly once (by identity): a layer's own tensors under the layer's module name, the
+variant's :class:`~workbench.variant.Shared` tensors (Uni-LoRA's global vector, shared factors) under the module
+``"shared"``, the tensors of ``modules_to_save`` under their module's name, and the total over all of them under
+module ``""`` — the same set of tensors ``clip_grad_norm_`` sees in the loop, so with clipping on the two totals
+agree.
+
 The full-weight gradient G = ∂L/∂W of an adapted layer is Σ g_outᵀ x over the batch (g_out the gradient of the
-layer's output, x its input). It is measured with one extra forward/backward on the probe step through forward
-hooks and ``torch.autograd.grad`` (the parameters' ``.grad`` is left alone). After the optimizer step, the cosine
-between the effective step ΔW_after − ΔW_before and −G says how much of the step goes where full fine-tuning's
-gradient descent would go (1 for full fine-tuning with SGD).
+layer's output, x its input), summed over every call of the layer in the forward pass: a layer applied twice (weight
+sharing, as in ALBERT) contributes both calls. It is measured with one extra forward/backward on the probe step
+through forward hooks and ``torch.autograd.grad`` (the parameters' ``.grad`` is left alone). That extra forward runs
+in training mode, so it draws dropout masks: it runs inside :func:`~workbench.probes.base.isolated_rng`, and the run
+with this probe is bit-identical to the run without it. (Its masks are therefore not the ones of the step's own
+forward: G is the gradient on the step's batch under an independent dropout draw.)
+
+After the optimizer step, the cosine between the effective step ΔW_after − ΔW_before and −G says how much of the step
+goes where full fine-tuning's gradient descent would go (1 for full fine-tuning with SGD). G is the gradient of the
+*task* loss alone, ∂L_task/∂W: the step also follows the variant's regulariser (SoRA's sparsity term on the gates,
+AdaLoRA's orthogonality penalty, ...), its ``on_step`` (proximal steps, pruning, rank growth) and the optimizer's
+preconditioning (Adam), so ``step_grad_cosine`` < 1 measures all of these together, not the parameterisation alone.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import Probe, ProbeContext, ProbeResult
+from .base import Probe, ProbeContext, ProbeResult, isolated_rng, preserved_modes
 
 
 def full_weight_gradients(adaptation, task, batch) -> dict[str, torch.Tensor]:
-    """∂L/∂W for every adapted layer's (effective) weight, on ``batch``."""
-    inputs, outputs, handles = {}, {}, []
+    """∂L/∂W for every adapted layer's (effective) weight, on ``batch``, summed over all calls of each layer."""
+    inputs: dict[str, list[torch.Tensor]] = {}
+    outputs: dict[str, list[torch.Tensor]] = {}
+    handles = []
 
     def hook(module_name):
         def fn(module, args, output):
-            inputs[module_name] = args[0].detach()
-            outputs[module_name] = output
+            inputs.setdefault(module_name, []).append(args[0].detach())
+            outputs.setdefault(module_name, []).append(output)
         return fn
 
     for name, layer in adaptation.named_layers():
@@ -29,18 +47,53 @@ def full_weight_gradients(adaptation, task, batch) -> dict[str, torch.Tensor]:
     try:
         with torch.enable_grad():
             loss = task.loss(adaptation.model, batch)
-            names = [n for n in outputs if outputs[n].requires_grad]
-            grads = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
+            calls = [(n, i) for n, outs in outputs.items() for i, o in enumerate(outs) if o.requires_grad]
+            grads = torch.autograd.grad(loss, [outputs[n][i] for n, i in calls], allow_unused=True)
     finally:
         for h in handles:
             h.remove()
-    out = {}
-    for n, g in zip(names, grads):
+    out: dict[str, torch.Tensor] = {}
+    for (n, i), g in zip(calls, grads):
         if g is None:
             continue
-        x = inputs[n]
-        out[n] = g.reshape(-1, g.shape[-1]).t().float() @ x.reshape(-1, x.shape[-1]).float()
+        x = inputs[n][i]
+        term = g.reshape(-1, g.shape[-1]).t().float() @ x.reshape(-1, x.shape[-1]).float()
+        out[n] = out[n] + term if n in out else term
     return out
+
+
+def tensor_groups(adaptation) -> list[tuple[str, list[tuple[str, torch.Tensor]]]]:
+    """``(module, [(tensor name, tensor), ...])`` covering every trainable tensor of ``adaptation`` exactly once:
+    the layers' own, the shared module's (as module ``"shared"``), the modules trained in full, and any tensor of
+    ``adaptation.parameters()`` none of those names (as module ``"other"``)."""
+    seen: set[int] = set()
+    groups: list[tuple[str, list[tuple[str, torch.Tensor]]]] = []
+
+    def collect(module: str, named) -> None:
+        tensors = []
+        for pname, p in named:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                tensors.append((pname, p))
+        if tensors:
+            groups.append((module, tensors))
+
+    for module, layer in adaptation.named_layers():
+        collect(module, layer.named_parameters())
+    if getattr(adaptation, "shared", None) is not None:
+        collect("shared", adaptation.shared.named_parameters())
+    for module, saved in adaptation.saved_modules():
+        collect(module, saved.named_parameters())
+    collect("other", adaptation.named_parameters())
+    return groups
+
+
+def _delta_weights(adaptation) -> dict[str, torch.Tensor]:
+    """ΔW of every layer in eval mode (before and after the step alike: a variant that samples its update while
+    training, like Bayesian-LoRA's gates, is read at its deterministic ΔW), without touching the random generators."""
+    with torch.no_grad(), preserved_modes(adaptation), isolated_rng(adaptation.model, adaptation):
+        adaptation.eval()
+        return {n: l.delta_weight().detach().float().clone() for n, l in adaptation.named_layers() if l.has_weight}
 
 
 class GradientsProbe(Probe):
@@ -48,22 +101,26 @@ class GradientsProbe(Probe):
 
     def before_step(self, ctx: ProbeContext) -> ProbeResult:
         out = ProbeResult()
-        total = 0.0
-        for module, layer in ctx.adaptation.named_layers():
-            sq = 0.0
-            for pname, p in layer.named_parameters():
-                if p.requires_grad and p.grad is not None:
-                    n2 = float(p.grad.detach().float().pow(2).sum())
-                    sq += n2
-                    out.add(module, f"grad_norm/{pname}", n2 ** 0.5)
+        keys, squares = [], []
+        for module, tensors in tensor_groups(ctx.adaptation):
+            for pname, p in tensors:
+                if p.grad is not None:
+                    keys.append((module, pname))
+                    squares.append(p.grad.detach().float().pow(2).sum())
+        values = torch.stack(squares).tolist() if squares else []  # one device sync for all the norms
+        per_module: dict[str, float] = {}
+        for (module, pname), sq in zip(keys, values):
+            out.add(module, f"grad_norm/{pname}", sq ** 0.5)
+            per_module[module] = per_module.get(module, 0.0) + sq
+        for module, _ in ctx.adaptation.named_layers():
+            per_module.setdefault(module, 0.0)  # a layer without gradient this step still has a (zero) row
+        for module, sq in per_module.items():
             out.add(module, "grad_norm", sq ** 0.5)
-            total += sq
-        out.add("", "grad_norm", total ** 0.5)
+        out.add("", "grad_norm", sum(values) ** 0.5)
         if ctx.task is not None and ctx.batch is not None:
-            ctx.state["G"] = full_weight_gradients(ctx.adaptation, ctx.task, ctx.batch)
-            with torch.no_grad():
-                ctx.state["before"] = {n: l.delta_weight().detach().float().clone()
-                                       for n, l in ctx.adaptation.named_layers() if l.has_weight}
+            with isolated_rng(ctx.adaptation.model, ctx.adaptation):
+                ctx.state["G"] = full_weight_gradients(ctx.adaptation, ctx.task, ctx.batch)
+            ctx.state["before"] = _delta_weights(ctx.adaptation)
             for module, g in ctx.state["G"].items():
                 out.add(module, "full_grad_norm", float(torch.linalg.matrix_norm(g)))
         return out
@@ -73,11 +130,12 @@ class GradientsProbe(Probe):
         if not grads or before is None:
             return None
         out = ProbeResult()
+        after = _delta_weights(ctx.adaptation)
         with torch.no_grad():
-            for module, layer in ctx.adaptation.named_layers():
-                if module not in grads or module not in before:
+            for module in ctx.adaptation.module_names:
+                if module not in grads or module not in before or module not in after:
                     continue
-                step = layer.delta_weight().detach().float() - before[module]
+                step = after[module] - before[module]
                 out.add(module, "update_norm", float(torch.linalg.matrix_norm(step)))
                 g = grads[module]
                 denom = float(torch.linalg.matrix_norm(step) * torch.linalg.matrix_norm(g))

@@ -4,7 +4,14 @@ dimensions.
 * Singular values come through ``factors()`` when the layer has them: with B = Q_B R_B and Aᵀ = Q_A R_A,
   σ(B A) = σ(R_B R_Aᵀ), an r×r SVD in O((m+n)r²) instead of O(mn·min(m, n)).
 * Effective rank: exp of the entropy of σ/Σσ (Roy & Vetterli, 2007). Stable rank: ‖ΔW‖_F² / ‖ΔW‖_2².
-* Subspace similarity φ(A, B, i, j) = ‖U_A,iᵀ U_B,j‖_F² / min(i, j) (Hu et al., 2021, §7).
+* Subspace similarity φ(A, B, i, j) = ‖U_A,iᵀ U_B,j‖_F² / min(i, j) (Hu et al., 2021, §7), against the task's
+  true ΔW* where it is known, with k = min(8, numerical rank of ΔW*) for both i and j. ``subspace_similarity`` is the
+  *left* (output-side, column-space) φ, the key's meaning since it was introduced; ``subspace_similarity_right`` is
+  the same on the right singular vectors (the input side, row space: Hu et al. §7.2 compare the right singular
+  subspaces of the A matrices), and ``subspace_similarity_min`` the smaller of the two. Only the minimum is high
+  exactly when ΔW spans the true update's input *and* output subspaces: ΔW = U V₂ᵀ with a random V₂ against
+  ΔW* = U Vᵀ has left φ = 1 but a low right φ (and a large ``rel_error``). ``figures.subspace_similarity`` plots
+  the left key.
 * Intruder dimensions (Shuttleworth et al., 2024, "LoRA vs Full Fine-tuning: An Illusion of Equivalence"): top
   singular vectors of W0 + ΔW whose largest |cosine| with every singular vector of W0 is below a threshold.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from .base import Probe, ProbeContext, ProbeResult
 
 SUBSPACE_DIM = 8
@@ -44,11 +52,25 @@ def numerical_rank(s: torch.Tensor, rtol: float = 1e-4) -> int:
     return int((s > rtol * s.max()).sum()) if len(s) and s.max() > 0 else 0
 
 
-def subspace_similarity(a: torch.Tensor, b: torch.Tensor, i: int, j: int) -> float:
-    """φ between the top-i left singular vectors of ``a`` and the top-j of ``b``, in [0, 1]."""
-    ua = torch.linalg.svd(a.float(), full_matrices=False).U[:, :i]
-    ub = torch.linalg.svd(b.float(), full_matrices=False).U[:, :j]
-    return float(torch.linalg.matrix_norm(ua.t() @ ub) ** 2 / min(i, j))
+def _phi(ua: torch.Tensor, ub: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(ua.t() @ ub) ** 2 / min(ua.shape[1], ub.shape[1]))
+
+
+def subspace_similarities(a: torch.Tensor, b: torch.Tensor, i: int, j: int) -> tuple[float, float]:
+    """(left φ, right φ) between the top-i singular vectors of ``a`` and the top-j of ``b``, each in [0, 1]; one SVD
+    of each matrix."""
+    sa = torch.linalg.svd(a.float(), full_matrices=False)
+    sb = torch.linalg.svd(b.float(), full_matrices=False)
+    return _phi(sa.U[:, :i], sb.U[:, :j]), _phi(sa.Vh[:i].t(), sb.Vh[:j].t())
+
+
+def subspace_similarity(a: torch.Tensor, b: torch.Tensor, i: int, j: int, side: str = "left") -> float:
+    """φ between the top-i left (``side="left"``, column space) or right (``"right"``, row space) singular vectors of
+    ``a`` and the top-j of ``b``, in [0, 1]."""
+    if side not in ("left", "right"):
+        raise ConfigError(f"subspace_similarity: side={side!r} is invalid; side must be 'left' or 'right'")
+    left, right = subspace_similarities(a, b, i, j)
+    return left if side == "left" else right
 
 
 def intruder_dimensions(w0: torch.Tensor, w: torch.Tensor, k: int = 10, threshold: float = 0.5,
@@ -88,7 +110,10 @@ class SpectraProbe(Probe):
                     ref_s = torch.linalg.svdvals(ref)
                     k = max(1, min(SUBSPACE_DIM, numerical_rank(ref_s)))
                     if float(delta.abs().max()) > 0 and float(ref.abs().max()) > 0:
-                        out.add(module, "subspace_similarity", subspace_similarity(delta, ref, k, k))
+                        left, right = subspace_similarities(delta, ref, k, k)
+                        out.add(module, "subspace_similarity", left)
+                        out.add(module, "subspace_similarity_right", right)
+                        out.add(module, "subspace_similarity_min", min(left, right))
                     out.add(module, "rel_error", float(torch.linalg.matrix_norm(delta - ref)
                                                        / torch.linalg.matrix_norm(ref).clamp_min(1e-12)))
                     if (module, "reference") not in ctx.state:
