@@ -41,8 +41,9 @@ CAPTIONS: dict[str, str] = {
     "effective_rank_over_time": "Effective rank of each module's ΔW (exp of the entropy of its normalised singular "
                                 "values) over training. A rising line means the update spreads over more directions; "
                                 "a flat low line means it stays low-rank.",
-    "subspace_similarity": "Overlap φ of the learned ΔW's top singular subspace with the true ΔW's (1 = the same "
-                           "directions, 0 = orthogonal). Look for how fast it climbs towards 1.",
+    "subspace_similarity": "Overlap φ of the learned ΔW's top left singular subspace (its output directions) with the "
+                           "true ΔW's (1 = the same directions, 0 = orthogonal). Look for how fast it climbs towards "
+                           "1; the run also records the right side (input directions) and the minimum of the two.",
     "gradient_norms": "Norm of each module's adapter gradient per step, log scale. Look for modules whose gradients "
                       "vanish (they stopped learning) or spike (instability; try a smaller learning rate).",
     "spectra": "Singular values σᵢ of ΔW at one step, log scale; dashed: the true ΔW where the task knows it. Where "
@@ -192,7 +193,7 @@ def effective_rank_over_time(runs) -> go.Figure:
 
 def subspace_similarity(runs) -> go.Figure:
     fig = metric_over_time(runs, "spectra", "subspace_similarity",
-                           "Subspace similarity φ to the true ΔW (1 = same top subspace)")
+                           "Subspace similarity φ to the true ΔW: left singular subspaces (1 = same output directions)")
     fig.update_yaxes(range=[0, 1.05])
     return fig
 
@@ -403,7 +404,8 @@ def landscape(result: dict, surface: bool = False) -> go.Figure:
     """A 1-D slice (with the init→trained interpolation when present) or a 2-D contour / surface."""
     if not result or "loss" not in result:
         return _empty("Loss landscape", "no landscape computed yet")
-    mode = "adapter space" if result.get("mode") == "adapter" else "ΔW space"
+    mode = {"adapter": "adapter space", "delta": "ΔW space, normalised against ΔW",
+            "merged": "merged weights, normalised against W0 + ΔW"}.get(result.get("mode"), str(result.get("mode")))
     if result["dims"] == 1:
         fig = go.Figure(go.Scatter(x=_np(result["alphas"]), y=_np(result["loss"]), mode="lines+markers",
                                    name="random direction"))
