@@ -1,6 +1,7 @@
 """End to end in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): every variant's formula
-rendered by KaTeX, train, see the live plot and its caption, open the run in Inspect, compute a landscape;
-screenshots of every tab go to assets/ for the README."""
+rendered by KaTeX, train, see the live plot and its caption, open the run in Inspect, compute a landscape, a typo in
+the settings form refused with a message; SoRA with its defaults (the forms filled from its preset) allocating ranks
+live in the allocation heatmap; screenshots of every tab go to assets/ for the README."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 from workbench import figures  # noqa: E402
 from workbench.dashboard.callbacks import variant_names  # noqa: E402
+from workbench.variant import get_variant  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-quic"]
@@ -62,10 +64,10 @@ def page(server, tmp_path_factory):
 SHOTS = Path(os.environ.get("WORKBENCH_SCREENSHOTS", "")) if os.environ.get("WORKBENCH_SCREENSHOTS") else None
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, full_page: bool = False) -> None:
     folder = SHOTS or Path(page.tmp_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / f"screenshot-{name}.png"), full_page=False)
+    page.screenshot(path=str(folder / f"screenshot-{name}.png"), full_page=full_page)
 
 
 def tab(page, name: str) -> None:
@@ -76,7 +78,23 @@ def pick(page, label: str, option: str) -> None:
     """Choose ``option`` in the visible Gradio dropdown labelled ``label``."""
     box = page.get_by_label(label).locator("visible=true").first
     box.click()
-    page.get_by_role("option", name=option).first.click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+
+
+def edit_cell(page, form: str, field: str, text: str) -> None:
+    """Type ``text`` into the value cell of row ``field`` of the generated form ``#form`` (double-click edits)."""
+    name_cells = page.locator(f"#{form} [role=gridcell][data-col='0']")
+    row = next(c.get_attribute("data-row") for c in name_cells.all() if c.inner_text().strip() == field)
+    page.locator(f"#{form} [data-testid='cell-{row}-1']").dblclick()
+    page.keyboard.press("ControlOrMeta+A")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+
+
+#: the plotted values of a heatmap (one list per module, one entry per probe step), or null while there is none
+HEATMAP_VALUES = """el => { const gd = el.querySelector('.js-plotly-plot');
+                         const t = gd && gd.data && gd.data.find(d => d.type === 'heatmap');
+                         return t ? t.z : null; }"""
 
 
 #: the card's text with its KaTeX output removed: what is left must hold no TeX source
@@ -121,11 +139,11 @@ def test_dashboard_end_to_end(server, page):
     print(f"first live plot {time.perf_counter() - t0:.2f} s after pressing Run")
     page.get_by_text("completed").first.wait_for(timeout=60_000)
     assert page.get_by_text(figures.caption("allocation_heatmap")).locator("visible=true").count() >= 1
-    shot(page, "train")
 
-    # Compare two variants
+    # Compare two variants (one learning rate here: the default 'sweep' trains each variant at several)
     tab(page, "Compare")
     page.get_by_label("steps").locator("visible=true").first.fill("60")
+    page.get_by_label("learning rate (a number, or 'sweep')").fill("0.01")
     page.get_by_role("button", name="Compare", exact=True).click()
     page.get_by_text("2 runs started, 2 finished").wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
@@ -157,12 +175,12 @@ def test_dashboard_end_to_end(server, page):
     page.wait_for_timeout(1000)
     shot(page, "runs")
 
-    # bad input: a letter where a number belongs gives a message and starts nothing
+    # bad input: a letter where a number belongs gives a message naming the field and its range, and starts nothing
     tab(page, "Train")
     run_id = re.search(r"run (\S+)", page.locator(".status").locator("visible=true").first.inner_text()).group(1)
-    page.get_by_label("steps").locator("visible=true").first.fill("abc")
+    edit_cell(page, "train-settings", "steps", "abc")
     page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_text("steps='abc' is invalid").first.wait_for(timeout=10_000)
+    page.get_by_text("train: steps='abc' is invalid; steps must be integer in [1, ").first.wait_for(timeout=10_000)
     page.wait_for_timeout(1500)
     assert run_id in page.locator(".status").locator("visible=true").first.inner_text()  # the old run stays
 
@@ -179,3 +197,40 @@ def test_every_variants_formula_renders(server, page):
         page.get_by_role("option", name=name, exact=True).first.click()
         page.locator(".block.learn-card").get_by_role("heading", name=name, exact=True).wait_for(timeout=20_000)
         check_formula(page, name)
+
+
+def test_sora_with_its_defaults_allocates_ranks_live(server, page):
+    """Issue 12: choose SoRA and press Run without touching a value; the forms fill from its preset for the task,
+    and the allocation heatmap changes while the run goes on: the ranks plotted later differ from the first ones."""
+    task = "synthetic:mixed" if get_variant("sora").preset_for("synthetic:mixed") else "synthetic:lowrank"
+    page.goto(server[0])
+    page.get_by_text("Freeze W0 and learn a rank-r update").wait_for(timeout=20_000)
+    tab(page, "Train")
+    pick(page, "task", task)
+    pick(page, "variant", "sora")
+    page.locator("#train-config").get_by_text("lam", exact=True).locator("visible=true").first.wait_for(
+        timeout=20_000)  # SoRA's own form
+    page.get_by_text("Preset for sora" if task == "synthetic:mixed" else "No preset for sora").first.wait_for(
+        timeout=20_000)
+    page.get_by_role("button", name="Run", exact=True).click()
+    t0, limit = time.perf_counter(), 120.0
+    heatmap = page.locator("#train-allocation")
+    status = page.locator(".status").locator("visible=true").first
+    moments: list[tuple[float, list, str]] = []  # (seconds after Run, plotted ranks, status) at each change
+    while time.perf_counter() - t0 < limit:
+        z = heatmap.evaluate(HEATMAP_VALUES)
+        if z and (not moments or z != moments[-1][1]):
+            moments.append((time.perf_counter() - t0, z, status.inner_text()))
+        first_ranks = [row[0] for row in moments[0][1]] if moments else None
+        if len(moments) >= 2 and [row[-1] for row in moments[-1][1]] != first_ranks:
+            break
+        page.wait_for_timeout(200)
+    assert len(moments) >= 2, f"the allocation heatmap did not change within {limit:.0f} s of pressing Run"
+    (t_a, first, _), (t_b, later, _) = moments[0], moments[-1]
+    print(f"\nallocation heatmap: first drawn {t_a:.2f} s, changed {len(moments) - 1} times, last at {t_b:.2f} s; "
+          f"ranks at the first probe {[row[0] for row in first]}, at the latest {[row[-1] for row in later]}")
+    # two different drawings were seen, so the first came before the run ended (a finished run's heatmap is final)
+    assert [row[-1] for row in later] != [row[0] for row in first], "SoRA kept every rank: nothing was allocated"
+    page.get_by_text("completed").first.wait_for(timeout=120_000)
+    page.wait_for_timeout(1000)
+    shot(page, "train", full_page=True)

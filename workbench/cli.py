@@ -48,7 +48,7 @@ def _train_inputs(args, variant: str | None = None) -> dict:
     out = {"settings": TrainSettings.from_strings(given), "presets": not args.no_presets}
     options = _pairs("--option", args.option)
     if options:
-        cls = tasks._task_class(args.task)
+        cls = tasks.task_class(args.task)
         out["task_options"] = cls.option_class.from_strings(options) if cls.option_class else options
     if variant is not None:
         out["config"] = get_variant(variant).Config.from_strings(_pairs("--set", args.set))

@@ -97,7 +97,7 @@ def settings_markdown() -> str:
     for name in tasks.names():
         families.setdefault(name.partition(":")[0], []).append(name)
     for family, names in families.items():
-        cls = tasks._task_class(names[0])
+        cls = tasks.task_class(names[0])
         out.append(f"| `{family}:*` | {_cell(_values(cls.defaults))} | {_names(cls.targets or None, 'set per task')} | "
                    f"{_names(cls.trainable_modules, 'set by its options')} |")
     for family, names in families.items():

@@ -126,12 +126,14 @@ class Options:
                     + f" Valid keys: {', '.join(names) or '(none)'}.")
 
     @classmethod
-    def from_strings(cls, values: dict[str, Any]) -> dict[str, Any]:
+    def from_strings(cls, values: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
         """Typed values from text (CLI flags, form cells): ``{"r": "8"}`` → ``{"r": 8}``; unknown keys and
-        unparsable values are :class:`ConfigError`. Non-string values pass through unchanged."""
-        cls.check_keys(values)
+        unparsable values are :class:`ConfigError` naming ``owner`` (default: the class's). Non-string values pass
+        through unchanged."""
+        cls.check_keys(values, owner)
         infos = {f["name"]: f for f in cls.fields_info()}
-        return {k: parse_value(infos[k], v, cls.owner) if isinstance(v, str) else v for k, v in values.items()}
+        return {k: parse_value(infos[k], v, owner or cls.owner) if isinstance(v, str) else v
+                for k, v in values.items()}
 
     @classmethod
     def _kind(cls) -> str:

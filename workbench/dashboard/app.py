@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
 
@@ -21,7 +22,6 @@ from .. import figures  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from . import callbacks as cb  # noqa: E402
 from .arguments import DEFAULT_HOST, DEFAULT_PORT, add_arguments  # noqa: E402
-from .forms import config_table  # noqa: E402
 
 THEME = gr.themes.Default(font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
                           font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
@@ -31,7 +31,10 @@ POLL_SECONDS = 0.3
 CSS = (".status {min-height: 2.5em}\n"
        ".learn-card .katex {font-size: 1.6em}\n"
        ".caption p {font-size: var(--text-sm); color: var(--body-text-color); opacity: 0.75; margin: 0 0.5em}")
-TASK_OPTIONS_HINT = "optional key=value pairs, e.g. layout=parallel, noise=0.1 (a wrong key lists the valid ones)"
+DEFAULT_TASK = "synthetic:lowrank"
+SOURCED_WIDTHS = ["15%", "12%", "7%", "24%", "42%"]  # field, value, from, allowed, help
+OPTION_WIDTHS = ["15%", "12%", "28%", "45%"]  # field, value, allowed, help
+FORM_LABEL = "(edit the value column; 'from' says where a value came from: default, task or preset)"
 
 
 def _safe(fn, n_outputs: int):
@@ -45,18 +48,25 @@ def _safe(fn, n_outputs: int):
     return wrapped
 
 
-def captioned_plot(label: str, builder: str, kind: str | None = None) -> gr.Plot:
+def captioned_plot(label: str, builder: str, kind: str | None = None, elem_id: str | None = None) -> gr.Plot:
     """A plot for ``figures.<builder>`` with that figure's caption under it (what it shows, what to look for)."""
     with gr.Column(min_width=320):
-        shown = gr.Plot(label=label)
+        shown = gr.Plot(label=label, elem_id=elem_id)
         gr.Markdown(figures.caption(builder, kind), elem_classes="caption")
     return shown
+
+
+def task_options_form(task_name: str) -> gr.Dataframe:
+    """The task's options as a form generated from its declaration, folded away (most runs keep the defaults)."""
+    with gr.Accordion("task options (from the task's declaration; edit the value column)", open=False):
+        return gr.Dataframe(cb.task_options_form(task_name), show_label=False, interactive=True,
+                            static_columns=[0, 2, 3], wrap=True, column_widths=OPTION_WIDTHS)
 
 
 def build_app(runs_root: str = "runs") -> gr.Blocks:
     variants = cb.variant_names()
     task_list = cb.task_names()
-    cb.get_task(cb.DEMO_TASK)  # built once up front (0.1 s), so the first Run shows its first point sooner
+    threading.Thread(target=cb.warm_up, name="warm-up", daemon=True).start()  # the first Run starts sooner
 
     with gr.Blocks(title="LoRA Workbench", analytics_enabled=False) as demo:
         root = gr.State(runs_root)
@@ -79,17 +89,17 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         # ---- Train ---------------------------------------------------------------------------------------
         with gr.Tab("Train"):
             with gr.Row():
-                task = gr.Dropdown(task_list, value="synthetic:lowrank", label="task")
-                task_opts = gr.Textbox("", label="task options", placeholder=TASK_OPTIONS_HINT)
+                task = gr.Dropdown(task_list, value=DEFAULT_TASK, label="task")
                 variant = gr.Dropdown(variants, value="lora", label="variant")
-            config = gr.Dataframe(config_table("lora"), label="hyper-parameters (edit the value column)",
-                                  interactive=True, static_columns=[0, 2, 3], wrap=True)
-            with gr.Row():
-                steps = gr.Textbox("300", label="steps")
-                lr = gr.Textbox("0.01", label="learning rate")
-                seed = gr.Textbox("0", label="seed")
-                batch = gr.Textbox("32", label="batch size")
-                every = gr.Textbox("10", label="probe every (steps)")
+            settings_form, config_form, preset_text = cb.train_forms(DEFAULT_TASK, "lora")
+            preset_md = gr.Markdown(preset_text, elem_classes="preset")
+            task_opts = task_options_form(DEFAULT_TASK)
+            config = gr.Dataframe(config_form, label=f"hyper-parameters of the variant {FORM_LABEL}",
+                                  interactive=True, static_columns=[0, 2, 3, 4], wrap=True,
+                                  column_widths=SOURCED_WIDTHS, elem_id="train-config")
+            settings = gr.Dataframe(settings_form, label=f"training settings {FORM_LABEL}", interactive=True,
+                                    static_columns=[0, 2, 3, 4], wrap=True, column_widths=SOURCED_WIDTHS,
+                                    max_height=330, elem_id="train-settings")
             with gr.Row():
                 run_btn = gr.Button("Run", variant="primary")
                 stop_btn = gr.Button("Stop")
@@ -99,17 +109,17 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                 grad_plot = captioned_plot("gradient norms", "gradient_norms")
             with gr.Row():
                 spec_plot = captioned_plot("spectrum of ΔW", "spectra")
-                alloc_plot = captioned_plot("allocation", "allocation_heatmap")
+                alloc_plot = captioned_plot("allocation", "allocation_heatmap", elem_id="train-allocation")
             train_job, train_seen = gr.State(None), gr.State(-1)
 
         # ---- Compare -------------------------------------------------------------------------------------
         with gr.Tab("Compare"):
             with gr.Row():
-                cmp_task = gr.Dropdown(task_list, value="synthetic:lowrank", label="task")
-                cmp_task_opts = gr.Textbox("", label="task options", placeholder=TASK_OPTIONS_HINT)
+                cmp_task = gr.Dropdown(task_list, value=DEFAULT_TASK, label="task")
                 cmp_seeds = gr.Textbox("0", label="seeds (comma-separated)")
-                cmp_steps = gr.Textbox("200", label="steps")
-                cmp_lr = gr.Textbox("0.01", label="learning rate (a number, or 'sweep')")
+                cmp_steps = gr.Textbox("", label="steps", placeholder="blank: the task's default")
+                cmp_lr = gr.Textbox("sweep", label="learning rate (a number, or 'sweep')")
+            cmp_task_opts = task_options_form(DEFAULT_TASK)
             cmp_variants = gr.CheckboxGroup(variants, value=["lora", "dora"], label="variants")
             cmp_btn = gr.Button("Compare", variant="primary")
             cmp_status = gr.Markdown(elem_classes="status")
@@ -187,10 +197,14 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         timer.tick(poll_demo, [demo_job, demo_seen], [demo_status, demo_loss, demo_spectra, demo_seen],
                    show_progress="hidden")
 
-        variant.change(lambda v: config_table(v), variant, config)
-        run_btn.click(_safe(cb.start_training, 1),
-                      [task, variant, config, steps, lr, seed, batch, every, root, task_opts],
-                      train_job)
+        # a new (task, variant) refills the forms with what train() would use: task defaults and the preset
+        def on_task(task_name, variant_name, options):
+            return (*cb.train_forms(task_name, variant_name), cb.task_options_form(task_name, options))
+
+        task.change(_safe(on_task, 4), [task, variant, task_opts], [settings, config, preset_md, task_opts])
+        variant.change(_safe(cb.train_forms, 3), [task, variant], [settings, config, preset_md])
+        cmp_task.change(_safe(cb.task_options_form, 1), [cmp_task, cmp_task_opts], cmp_task_opts)
+        run_btn.click(_safe(cb.start_training, 1), [task, variant, settings, config, root, task_opts], train_job)
         stop_btn.click(cb.stop_job, train_job, train_status)
 
         def poll_train(job_id, seen):

@@ -1,7 +1,9 @@
 """The dashboard's callbacks as plain functions: no Gradio in here, so tests call them directly.
 
 Each returns values (strings, DataFrames, plotly figures from ``workbench.figures``); bad input raises
-:class:`~workbench.variant.ConfigError`, which the app turns into a message in the page.
+:class:`~workbench.errors.ConfigError`, which the app turns into a message in the page. The Train tab's forms are
+generated from the declarations (``TrainSettings``, the variant's config, the task's options) and filled with what
+``train()`` would use for the chosen (task, variant): task defaults and the variant's preset (:func:`train_forms`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import functools
 import shutil
 import zipfile
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
+import torch
 
 from .. import figures, tasks
 from ..adapt import adapt
@@ -21,15 +25,17 @@ from ..errors import ConfigError
 from ..export import export_peft
 from ..probes.landscape import landscape
 from ..runs import Run, RunStore
+from ..settings import Preset, Resolved, TrainSettings, resolve
 from ..train import train
 from ..variant import get_variant, variant_infos
 from . import jobs
-from .forms import parse_config, parse_number, parse_task_options
-from .learn import sizing_note
+from .forms import changed_options, options_table, parse_number, table_values
+from .learn import presets_section, sizing_note
 
 DEMO_TASK = "synthetic:lowrank"
 DEMO_STEPS = 150
-MAX_STEPS = 20_000
+#: the training settings most runs change, at the top of the Train tab's settings form (the rest follow)
+COMMON_SETTINGS = ("steps", "lr", "batch_size", "seed", "every", "eval_every")
 
 
 # -- shared ---------------------------------------------------------------------------------------------------
@@ -41,11 +47,40 @@ def get_task(name: str, options: tuple = ()):
     return tasks.get(name, **dict(options))
 
 
-def task_from_form(name: str, options_text: Any = "") -> Any:
-    """The task chosen in a tab, with the options typed next to it (``layout=parallel, noise=0.1``)."""
+def task_class(name: str):
+    """The class of task ``name``, for what it declares (options, training defaults) without building it: building
+    text:sst2 tokenizes its data set, digits pretrains a ViT. An unknown name is a ConfigError with suggestions."""
+    return tasks.task_class(name)
+
+
+def task_option_class(name: str):
+    """The :class:`~workbench.options.Options` class declaring task ``name``'s options (None: it has none)."""
+    return task_class(name).option_class
+
+
+def task_options_form(name: str, current: Any = None):
+    """The task-options form of ``name``, every declared option at its default; the values of ``current`` (the
+    form shown before) are kept when the new task has the same options (one synthetic task to another)."""
+    option_class = task_option_class(name)
+    if option_class is None:
+        return options_table(None)
+    kept: dict[str, str] = {}
+    if current is not None and len(current):
+        texts = table_values(current)
+        if list(texts) == option_class.field_names():
+            kept = texts
+    table = options_table(option_class)
+    if kept:
+        table["value"] = [kept[f] for f in table["field"]]
+    return table
+
+
+def task_from_form(name: str, form: Any = None) -> Any:
+    """The task chosen in a tab, built with the options changed in its form (ranges are checked by ``tasks.get``)."""
     if not name:
         raise ConfigError("choose a task")
-    return get_task(name, tuple(sorted(parse_task_options(name, options_text).items())))
+    options = changed_options(task_option_class(name), form, {}, name)
+    return get_task(name, tuple(sorted(options.items())))
 
 
 def task_of(run: Run):
@@ -55,6 +90,14 @@ def task_of(run: Run):
         return get_task(run.task, tuple(sorted(options.items())))
     except TypeError:  # an option that cannot be a cache key
         return tasks.get(run.task, **options)
+
+
+def warm_up() -> None:
+    """What the first Run would otherwise wait for, done once in the background as the app starts (the page does
+    not wait for it): the demo task, and torch's optimizer machinery (the process's first ``torch.optim.AdamW``
+    imports ``torch._dynamo``: 3.6 s on this machine, during which a first run showed nothing)."""
+    get_task(DEMO_TASK)
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
 
 
 def variant_names() -> list[str]:
@@ -72,8 +115,8 @@ def store(root: str) -> RunStore:
 # -- Learn ----------------------------------------------------------------------------------------------------
 
 def learn_card(variant: str, task_name: str = DEMO_TASK) -> str:
-    """What a variant is: paper, idea, formula, what it costs on the chosen task, and a line when a paper default
-    is sized for much larger layers than the task's (``learn.sizing_note``)."""
+    """What a variant is: paper, idea, formula, what it costs on the chosen task, a line when a paper default is
+    sized for much larger layers than the task's (``learn.sizing_note``), and the variant's presets."""
     cls = get_variant(variant)
     task = get_task(task_name)
     ad = adapt(task.model(), cls, task.targets)
@@ -90,7 +133,8 @@ def learn_card(variant: str, task_name: str = DEMO_TASK) -> str:
             f"On **{task_name}** with the paper's defaults: **{n:,}** trainable parameters in {layers} adapted layers "
             f"({100 * n / max(base, 1):.2f}% of those layers' {base:,} weights).\n\n"
             + (f"{note}\n\n" if note else "")
-            + f"| field | default | meaning |\n| --- | --- | --- |\n{fields}")
+            + f"| field | default | meaning |\n| --- | --- | --- |\n{fields}"
+            + presets_section(cls.presets, cls.preset_for(task_name)))
 
 
 def start_demo(variant: str) -> str:
@@ -99,37 +143,68 @@ def start_demo(variant: str) -> str:
     task = get_task(DEMO_TASK)
 
     def work(job):
-        return train(task, cls.name, steps=DEMO_STEPS, lr=1e-2, seed=0, every=5, callback=job.on_event,
-                     control=job.control, progress=False, **cls.example_config)
+        return train(task, cls.name, settings={"steps": DEMO_STEPS, "lr": 1e-2, "seed": 0, "every": 5},
+                     config=dict(cls.example_config), callback=job.on_event, control=job.control, progress=False)
 
     return jobs.start("demo", work).id
 
 
 # -- Train ----------------------------------------------------------------------------------------------------
 
-def start_training(task_name: str, variant: str, config_table: Any, steps: Any, lr: Any, seed: Any,
-                   batch_size: Any, every: Any, root: str, task_options: Any = "") -> str:
-    """Validate everything first (nothing starts on bad input), then train in the background."""
+def resolved_for(task_name: str, variant: str) -> Resolved:
+    """What ``train()`` would use for (task, variant) with nothing given: the declared defaults, the task's training
+    defaults and the variant's preset for the task, with the source of each value. Read from the task's class, so
+    choosing a task in the form builds nothing."""
+    if not task_name:
+        raise ConfigError("choose a task")
+    cls = get_variant(variant)
+    return resolve(SimpleNamespace(name=task_name, defaults=dict(task_class(task_name).defaults)), cls)
+
+
+def train_forms(task_name: str, variant: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The Train tab's settings form, the variant's config form (each with a ``from`` column: default, task or
+    preset) and the line about the preset, for a (task, variant) choice."""
+    cls = get_variant(variant)
+    shown = resolved_for(task_name, cls.name)
+    return (options_table(TrainSettings, shown.settings.to_dict(), shown.sources["settings"], COMMON_SETTINGS),
+            options_table(cls.Config, shown.config, shown.sources["config"]),
+            preset_note(cls.name, task_name, shown.preset))
+
+
+def preset_note(variant: str, task_name: str, preset: Preset | None) -> str:
+    """One line under the forms: which preset applies and why, or that none does."""
+    if preset is None:
+        return (f"No preset for **{variant}** on **{task_name}**: the paper's defaults and the task's training "
+                f"defaults apply (the *from* column says which). An edited value is passed as explicit.")
+    reason = (preset.reason or "no reason given").rstrip(". ")
+    return (f"**Preset** for **{variant}** on `{preset.task}`: {reason}. Rows from *preset* come from it; an edited "
+            f"value overrides it.")
+
+
+def start_training(task_name: str, variant: str, settings_table: Any, config_table: Any, root: str,
+                   task_options: Any = None) -> str:
+    """Validate everything first (nothing starts on bad input), then train in the background.
+
+    Only the values the user changed from what the forms were filled with (:func:`train_forms`) are passed as
+    explicit; every other value is left to ``train()``'s own resolution, so the run records its true source."""
     if not variant:
         raise ConfigError("choose a variant")
     if not task_name:
         raise ConfigError("choose a task")
     cls = get_variant(variant)
-    config = parse_config(cls.name, config_table)
-    steps = parse_number("steps", steps, int, 1, MAX_STEPS)
-    lr = parse_number("learning rate", lr, float, 1e-8, 1e3)
-    seed = parse_number("seed", seed, int, 0, 2**31 - 1)
-    batch_size = parse_number("batch size", batch_size, int, 1, 4096)
-    every = parse_number("probe every", every, int, 1, 10_000)
+    shown = resolved_for(task_name, cls.name)
+    settings = changed_options(TrainSettings, settings_table, shown.settings.to_dict(), "train")
+    config = changed_options(cls.Config, config_table, shown.config, cls.name)
     task = task_from_form(task_name, task_options)
+    final = resolve(task, cls, settings, config)  # the settings' ranges
     # the config is checked against the task's real layer shapes before the worker starts
-    cls.Config.from_kwargs(config).validate({n: (m.out_features, m.in_features) for n, m in
-                                             _target_modules(task).items()})
+    cls.Config.from_kwargs(final.config).validate({n: (m.out_features, m.in_features) for n, m in
+                                                   _target_modules(task).items()})
     run_store = store(root)
 
     def work(job):
-        return train(task, cls.name, steps=steps, lr=lr, seed=seed, batch_size=batch_size, every=every,
-                     store=run_store, callback=job.on_event, control=job.control, progress=False, **config)
+        return train(task, cls.name, settings=settings, config=config, store=run_store, callback=job.on_event,
+                     control=job.control, progress=False)
 
     return jobs.start("train", work).id
 
@@ -157,6 +232,9 @@ def job_status(job_id: str | None) -> str:
     last = f"loss {losses.value.iloc[-1]:.4g}" if len(losses) else "waiting for the first check"
     status = job.status()
     text = f"**{status}** · run `{run.id}` · step {step}/{steps} · {last}"
+    preset = run.config.get("preset")
+    if preset:
+        text += f" · preset for `{preset['task']}`"
     if status == "diverged":
         text += (f" · ⚠️ the loss became NaN/inf or exploded at step {run.summary.get('diverged_at_step')}; the "
                  f"adapter was reset to step {run.summary.get('restored_step')}. Try a smaller learning rate.")
@@ -191,7 +269,9 @@ def stop_job(job_id: str | None) -> str:
 # -- Compare --------------------------------------------------------------------------------------------------
 
 def start_comparison(task_name: str, chosen: list[str] | None, seeds: Any, steps: Any, lr: Any, root: str,
-                     task_options: Any = "") -> str:
+                     task_options: Any = None) -> str:
+    """Compare the chosen variants in the background. ``steps`` blank leaves the run length to ``compare()`` (the
+    task's default); ``lr`` is a number or ``sweep`` (each variant's best rate on validation data)."""
     if not chosen:
         raise ConfigError("choose at least one variant to compare")
     for v in chosen:
@@ -202,17 +282,28 @@ def start_comparison(task_name: str, chosen: list[str] | None, seeds: Any, steps
         raise ConfigError(f"seeds={seeds!r} is invalid; seeds must be whole numbers separated by commas") from None
     if not seed_list or len(seed_list) > 10 or min(seed_list) < 0:
         raise ConfigError(f"seeds={seeds!r} is invalid; give 1 to 10 non-negative seeds, e.g. '0, 1, 2'")
-    steps = parse_number("steps", steps, int, 1, MAX_STEPS)
-    rate: float | str = "sweep" if str(lr).strip().lower() == "sweep" else parse_number("learning rate", lr,
-                                                                                          float, 1e-8, 1e3)
+    given = {"steps": str(steps if steps is not None else "").strip()}
+    rate = str(lr if lr is not None else "").strip()
+    if rate.lower() != "sweep":
+        given["lr"] = rate
+    settings = setting_values({k: v for k, v in given.items() if v})
     task = task_from_form(task_name, task_options)
     run_store = store(root)
+    length = {"steps": settings["steps"]} if "steps" in settings else {}  # none given: compare() picks
 
     def work(job):
-        return compare(task, list(chosen), seeds=seed_list, steps=steps, lr=rate, store=run_store,
-                       callback=job.on_event, progress=False)
+        return compare(task, list(chosen), seeds=seed_list, lr=settings.get("lr", "sweep"), store=run_store,
+                       callback=job.on_event, progress=False, **length)
 
     return jobs.start("compare", work).id
+
+
+def setting_values(texts: dict[str, str]) -> dict[str, Any]:
+    """Training settings typed from text boxes and checked against their declared ranges (a ConfigError naming the
+    field and its range), e.g. ``{"steps": "60"}`` → ``{"steps": 60}``."""
+    values = TrainSettings.from_strings(texts)
+    TrainSettings.from_kwargs(values).validate()
+    return values
 
 
 def comparison_view(job_id: str | None, module: str | None = None) -> tuple:
@@ -301,7 +392,7 @@ def inspect_view(root: str, run_id: str, step: Any, module: str | None, kind: st
 def compute_landscape(root: str, run_id: str, mode: str, dims: Any, steps: Any, span: Any,
                       progress: Callable[[float], None] | None = None):
     run = load_run(root, run_id)
-    dims = parse_number("dimensions", dims, int, 1, 2)
+    dims = parse_number("dimensions", dims, int, 1, 2)  # not declared fields: the landscape's own boxes
     steps = parse_number("grid points", steps, int, 3, 51)
     span = parse_number("span", span, float, 0.01, 10)
     task = task_of(run)

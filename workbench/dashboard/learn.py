@@ -1,4 +1,4 @@
-"""What the Learn card says about a paper's defaults on the chosen task's layers.
+"""What the Learn card says about a paper's defaults on the chosen task's layers, and the variant's presets.
 
 Papers size their defaults for their models' layers (768×768 and up): FourierFT's and LoCA's n = 1000 coefficients
 are 0.17% of a 768×768 layer but 24% of a 64×64 one, and VeRA's r = 256 is four times a 64-wide layer's rank. The
@@ -67,3 +67,20 @@ def sizing_note(fields: list[dict[str, Any]], shapes: dict[str, Shape]) -> str:
         return ""
     return (f"⚠️ **Sized for much larger layers:** {'; '.join(phrases)}. The paper chose these defaults for far "
             f"wider layers; smaller values suit this task.")
+
+
+def _values(preset) -> str:
+    config = ", ".join(f"`{k}={v!r}`" for k, v in preset.config.items())
+    settings = ", ".join(f"`{k}={v!r}`" for k, v in preset.settings.items())
+    return " · ".join(part for part in (config and f"config {config}", settings and f"training {settings}") if part)
+
+
+def presets_section(presets, applies=None) -> str:
+    """The card's table of the variant's presets (task pattern, values, reason), the one for the chosen task
+    marked; ``""`` for a variant without presets. Presets are declared next to the variant (``Variant.presets``)."""
+    if not presets:
+        return ""
+    rows = "\n".join(f"| `{p.task}`{' ✓' if p is applies else ''} | {_values(p) or '—'} | {p.reason} |"
+                     for p in presets)
+    return ("\n\n**Presets** (applied by default on matching tasks; any explicit value overrides them; ✓ applies to "
+            "the task above):\n\n| task | values | reason |\n| --- | --- | --- |\n" + rows)

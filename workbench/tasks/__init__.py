@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from .base import Task
 from .synthetic import STRUCTURES, SyntheticTask
 
-__all__ = ["get", "names", "Task"]
+__all__ = ["get", "names", "Task", "task_class", "option_names", "option_fields"]
 
 
 def _digits() -> type[Task]:
@@ -36,7 +36,8 @@ _FAMILIES: dict[str, tuple[Callable[[], type[Task]], tuple[str, ...]]] = {
 }
 
 
-def _task_class(name: str) -> type[Task]:
+def task_class(name: str) -> type[Task]:
+    """The Task class behind ``name`` (``synthetic:*``, ``digits:*``, ``text:*``), without building a task."""
     family = str(name).partition(":")[0]
     if family not in _FAMILIES:
         get(name)  # raises the unknown-task error with suggestions
@@ -45,7 +46,7 @@ def _task_class(name: str) -> type[Task]:
 
 def option_names(name: str) -> list[str]:
     """The keyword options ``get(name, ...)`` accepts, e.g. ``dim``, ``noise``, ``layout`` for synthetic tasks."""
-    cls = _task_class(name)
+    cls = task_class(name)
     if cls.option_class is not None:
         return cls.option_class.field_names()
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self and the kind
@@ -55,7 +56,7 @@ def option_names(name: str) -> list[str]:
 def option_fields(name: str) -> list[dict]:
     """The declared options of task ``name`` (one dict per field: name, type, default, range, help), for forms,
     CLI flags and docs; empty for a task that declares none."""
-    cls = _task_class(name)
+    cls = task_class(name)
     return cls.option_class.fields_info() if cls.option_class is not None else []
 
 
