@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...settings import Preset
 from ...variant import ConfigError, Variant, VariantConfig, param, register
 from .common import ImportanceEMA, orthogonality_regularizer
 from .gated import GatedLowRankLayer
@@ -116,6 +117,13 @@ class AdaLoRA(Variant):
     dynamic = True
     example_config = {"r": 6, "target_r": 3}
     notes = "Matches PEFT 0.21's AdaLoRA (scaling α/(r+1e-5), masking of λ, RankAllocator schedule)."
+    presets = (
+        Preset("synthetic:*", config={"target_r": 4, "tinit": 50, "tfinal": 50, "delta_t": 10,
+                                      "orth_reg_weight": 0.001},
+               reason="PEFT's tinit=tfinal=0, ΔT=1 re-mask every step, so ranks jump; γ 0.001: the unsquared "
+                      "‖PᵀP−I‖ pull at 0.5 outweighs a 64-wide layer's loss gradient (loss 0.06 vs LoRA's 3e-5) "
+                      "and drowns the |w·∇w| scores; target_r 4 so the budget (24) is below the true total"),
+    )
 
     def __init__(self, config):
         super().__init__(config)

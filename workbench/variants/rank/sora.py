@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...settings import Preset
 from ...variant import Variant, VariantConfig, param, register
 from .gated import GatedLowRankLayer, soft_threshold_, with_gate_group
 
@@ -89,6 +90,11 @@ class SoRA(Variant):
     example_config = {"r": 6, "lam": 0.5}
     notes = ("Proximal threshold η·λ as in the paper (the code's raw per-step ξ and extra L1 loss term are not used); "
              "the phase-wise sparsifying scheduler is a continuous linear ramp of λ.")
+    presets = (
+        Preset("synthetic:*", config={"r": 16, "lam": 0.5}, settings={"steps": 400},
+               reason="λ 0.5, r_max 16, 400 steps: the threshold is lr·λ per step, and at the paper's λ 0.1 (tuned "
+                      "for 10k-step GLUE runs) 200 steps close no gate; r_max 16 lets a rank-16 layer show it"),
+    )
 
     def param_groups(self, adaptation, lr, weight_decay):
         gates = [layer.gate for _, layer in adaptation.named_layers()]
