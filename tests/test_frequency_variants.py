@@ -145,3 +145,26 @@ def test_hadamard_matrices_beyond_powers_of_two(n):
     h = hadamard(n)
     assert set(h.unique().tolist()) == {-1.0, 1.0}
     torch.testing.assert_close(h @ h.t(), n * torch.eye(n))
+
+
+def test_qwha_map_is_one_sided_and_its_top_cells_are_its_locations():
+    # QWHA's ΔW = F H⁻¹ is transformed along the input only: on the two-sided |H ΔW H| map its locations sat near
+    # chance among the top cells (243 of 1,024 against 256); on |ΔW H| every top cell is one of its locations
+    from workbench.events import StepContext
+    from workbench.probes import get_probes
+    from workbench.probes.base import ProbeContext
+
+    task = wb.tasks.get("synthetic:lowrank")
+    ad = wb.adapt(task.model(), "qwha", task.targets, r=2, bits=4, calib_batches=0)
+    ad.variant.prepare(StepContext.standalone(ad, total_steps=1, task=task), None)
+    with torch.no_grad():
+        for _, layer in ad.named_layers():
+            layer.coefficients.normal_()
+    out = get_probes(["frequency"])[0].after_step(ProbeContext(adaptation=ad, task=task))
+    for name, layer in ad.named_layers():
+        wht = out.arrays[(name, "wht")]
+        k = layer.rows.numel()
+        top = set(torch.topk(wht.flatten(), k).indices.tolist())
+        cells = set((layer.rows * wht.shape[1] + layer.cols).tolist())
+        assert top == cells, f"{name}: {len(top & cells)} of {k} top cells are QWHA's locations"
+        assert (name, "wht_input_side_only", 1.0) in out.records

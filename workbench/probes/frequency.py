@@ -49,12 +49,17 @@ def fourierft_coefficient_scale(shape: tuple[int, int], scaling: float) -> float
     return 2.0 * math.sqrt(m * n) / scaling
 
 
-def wht_map(delta: torch.Tensor) -> torch.Tensor:
-    """|H_out ΔW H_in| with normalised Sylvester-Hadamard matrices (zero-padded to powers of two)."""
+def wht_map(delta: torch.Tensor, sides: str = "both") -> torch.Tensor:
+    """|H_out ΔW H_in| with normalised Sylvester-Hadamard matrices (zero-padded to powers of two); ``sides="input"``
+    gives |ΔW H_in| only, for a layer whose update is transformed along its input alone (QWHA's ΔW = F H⁻¹: the rows
+    stay output channels, so a two-sided map would smear its locations over every row)."""
     d = delta.detach().float().cpu()
     m, n = (1 << max(0, math.ceil(math.log2(s))) for s in d.shape)
+    if sides == "input":
+        m = d.shape[0]
     d = F.pad(d, (0, n - d.shape[1], 0, m - d.shape[0]))
-    hm = torch.from_numpy(scipy.linalg.hadamard(m)).float() / math.sqrt(m)
+    hm = (torch.eye(m) if sides == "input" else
+          torch.from_numpy(scipy.linalg.hadamard(m)).float() / math.sqrt(m))
     hn = torch.from_numpy(scipy.linalg.hadamard(n)).float() / math.sqrt(n)
     return (hm @ d @ hn).abs()
 
@@ -85,7 +90,10 @@ class FrequencyProbe(Probe):
             out.add(module, "dct_top1pct_energy", top_energy_fraction(dct))
             out.arrays[(module, "dct")] = pooled(dct)
             out.arrays[(module, "fft")] = pooled(fft_map(delta))
-            out.arrays[(module, "wht")] = pooled(wht_map(delta))
+            sides = getattr(layer, "frequency_sides", "both")
+            out.arrays[(module, "wht")] = pooled(wht_map(delta, sides))
+            if sides == "input":
+                out.add(module, "wht_input_side_only", 1.0)
             if max(dct.shape) > MAX_SIDE:
                 out.add(module, "map_pooled_from", max(dct.shape))
             views = layer.inspect()
