@@ -92,7 +92,10 @@ def ours(base, emb, name):
     ad = wb.adapt(model, name, TARGETS)
     ad.train()
     opt = get_recipe(ad.variant.default_recipe)(ad, 1e-4).optimizer  # the variant's own parameter groups
-    return adapter_step(model, emb, on_step=lambda i, o: ad.variant.on_step(StepContext(ad, i, total_steps=10_000, lr=1e-4, optimizer=o)), opt=opt)
+    def on_step(i, o):
+        ad.variant.on_step(StepContext(ad, i, total_steps=10_000, lr=1e-4, optimizer=o))
+
+    return adapter_step(model, emb, on_step=on_step, opt=opt)
 
 
 def theirs(base, emb, name):

@@ -37,12 +37,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+RUNS: dict[str, str] = {}  # the server's run store, for runs saved outside the page
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from workbench.dashboard import app
 
     t0 = time.perf_counter()
-    demo = app.build_app(str(tmp_path_factory.mktemp("runs")))
+    RUNS["root"] = str(tmp_path_factory.mktemp("runs"))
+    demo = app.build_app(RUNS["root"])
     _, url, _ = app.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
     yield url, time.perf_counter() - t0
     demo.close()
@@ -97,6 +101,13 @@ HEATMAP_VALUES = """el => { const gd = el.querySelector('.js-plotly-plot');
                          return t ? t.z : null; }"""
 
 
+#: the number of points of the validation trace of a loss chart (null while there is none); read from plotly's
+#: ``_fullData``, where arrays sent base64-encoded (``{dtype, bdata}`` in ``data``) are decoded
+VAL_POINTS = """el => { const gd = el.querySelector('.js-plotly-plot');
+                     const t = gd && gd._fullData && gd._fullData.find(d => (d.name || '').endsWith(' val'));
+                     return t ? t.x.length : null; }"""
+
+
 #: the card's text with its KaTeX output removed: what is left must hold no TeX source
 TEXT_OUTSIDE_MATH = """el => { const c = el.cloneNode(true); c.querySelectorAll('.katex').forEach(k => k.remove());
                                return c.textContent; }"""
@@ -139,6 +150,19 @@ def test_dashboard_end_to_end(server, page):
     print(f"first live plot {time.perf_counter() - t0:.2f} s after pressing Run")
     page.get_by_text("completed").first.wait_for(timeout=60_000)
     assert page.get_by_text(figures.caption("allocation_heatmap")).locator("visible=true").count() >= 1
+    val_points, deadline = None, time.perf_counter() + 15
+    while not (val_points and val_points > 2) and time.perf_counter() < deadline:  # the last redraw may be pending
+        page.wait_for_timeout(300)
+        val_points = page.locator("#train-loss").evaluate(VAL_POINTS)
+    print(f"validation points on the loss chart after a default run: {val_points}")
+    assert val_points and val_points > 2, "the validation trace has only its first and last points"
+    assert page.get_by_text(figures.caption("validation_metric")).locator("visible=true").count() >= 1
+
+    # Landscape lists the new run without a reload or a press of Refresh (the pickers refresh when a job ends)
+    tab(page, "Landscape")
+    page.get_by_label("saved run").locator("visible=true").first.click()
+    page.get_by_role("option", name=re.compile(r"^lora · synthetic:lowrank · ")).first.wait_for(timeout=10_000)
+    page.keyboard.press("Escape")
 
     # Compare two variants (one learning rate here: the default 'sweep' trains each variant at several)
     tab(page, "Compare")
@@ -188,6 +212,31 @@ def test_dashboard_end_to_end(server, page):
     assert not outside, f"the page requested resources outside this machine: {outside[:5]}"
 
 
+def test_inspect_of_a_loca_run_renders_quickly(server, page):
+    """Issue 17: Inspect of a LoCA run (hundreds of markers on its maps and trajectories) renders in seconds; the
+    time is printed and asserted only loosely, so CI noise cannot fail it."""
+    import workbench as wb
+    from workbench.dashboard import callbacks as cb
+    from workbench.runs import RunStore
+
+    run = wb.train(cb.get_task("synthetic:lowrank"), "loca", settings={"steps": 60, "every": 10},
+                   store=RunStore(RUNS["root"]), progress=False)
+    page.goto(server[0])
+    page.get_by_text("Freeze W0 and learn a rank-r update").wait_for(timeout=20_000)
+    tab(page, "Inspect")  # opening the tab lists the run saved outside the page
+    page.get_by_label("saved run").locator("visible=true").first.click()
+    option = page.get_by_role("option", name=re.compile(r"^loca · synthetic:lowrank · ")).first
+    t0 = time.perf_counter()
+    option.click()
+    page.get_by_text("Learned spectral locations over training").locator("visible=true").first.wait_for(
+        timeout=60_000)
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    seconds = time.perf_counter() - t0
+    print(f"\nInspect of a LoCA run ({run.id}) rendered in {seconds:.2f} s")
+    assert seconds < 30, f"Inspect of a LoCA run took {seconds:.1f} s"
+    shot(page, "inspect-loca", full_page=True)
+
+
 def test_every_variants_formula_renders(server, page):
     """Each registered variant's Learn card: the formula is KaTeX output with nothing left as raw TeX."""
     page.goto(server[0])
@@ -218,19 +267,25 @@ def test_sora_with_its_defaults_allocates_ranks_live(server, page):
     status = page.locator(".status").locator("visible=true").first
     moments: list[tuple[float, list, str]] = []  # (seconds after Run, plotted ranks, status) at each change
     while time.perf_counter() - t0 < limit:
-        z = heatmap.evaluate(HEATMAP_VALUES)
+        z, text = heatmap.evaluate(HEATMAP_VALUES), status.inner_text()
         if z and (not moments or z != moments[-1][1]):
-            moments.append((time.perf_counter() - t0, z, status.inner_text()))
-        first_ranks = [row[0] for row in moments[0][1]] if moments else None
-        if len(moments) >= 2 and [row[-1] for row in moments[-1][1]] != first_ranks:
+            moments.append((time.perf_counter() - t0, z, text))
+        if moments and "completed" in text:
             break
         page.wait_for_timeout(200)
-    assert len(moments) >= 2, f"the allocation heatmap did not change within {limit:.0f} s of pressing Run"
-    (t_a, first, _), (t_b, later, _) = moments[0], moments[-1]
-    print(f"\nallocation heatmap: first drawn {t_a:.2f} s, changed {len(moments) - 1} times, last at {t_b:.2f} s; "
-          f"ranks at the first probe {[row[0] for row in first]}, at the latest {[row[-1] for row in later]}")
-    # two different drawings were seen, so the first came before the run ended (a finished run's heatmap is final)
-    assert [row[-1] for row in later] != [row[0] for row in first], "SoRA kept every rank: nothing was allocated"
+    page.wait_for_timeout(1000)  # the last poll's drawing
+    z = heatmap.evaluate(HEATMAP_VALUES)
+    if z and moments and z != moments[-1][1]:
+        moments.append((time.perf_counter() - t0, z, status.inner_text()))
+    assert moments, f"no allocation heatmap within {limit:.0f} s of pressing Run"
+    (t_a, _, status_a), (t_b, final, _) = moments[0], moments[-1]
+    print(f"\nallocation heatmap: first drawn {t_a:.2f} s ({status_a!r}), changed {len(moments) - 1} times, last at "
+          f"{t_b:.2f} s; ranks at the first probe {[row[0] for row in final]}, at the end {[row[-1] for row in final]}")
+    # live: drawn while the run was going (two different drawings, or one seen with the status still running); how
+    # often the page redraws under CI load is not the point, so either proof counts
+    assert len(moments) >= 2 or "running" in status_a, f"the heatmap was only drawn after the run ({status_a!r})"
+    # and it shows an allocation: the ranks at the last probe differ from those at the first
+    assert [row[-1] for row in final] != [row[0] for row in final], "SoRA kept every rank: nothing was allocated"
     page.get_by_text("completed").first.wait_for(timeout=120_000)
     page.wait_for_timeout(1000)
     shot(page, "train", full_page=True)

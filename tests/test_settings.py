@@ -136,3 +136,13 @@ def test_hooks_get_the_runs_length_not_a_guess():
 def test_nan_learning_rate_is_accepted_and_diverges():
     run = train(TinyTask(), "lora", steps=10, lr=math.nan, probes=(), progress=False)
     assert run.status == "diverged"
+
+
+def test_numpy_numbers_are_numbers():
+    import numpy as np
+
+    run = train(TinyTask(), "lora", steps=np.int64(3), seed=np.arange(3)[2], lr=np.float32(1e-2), probes=(),
+                progress=False)
+    assert run.summary["steps_done"] == 3 and run.config["seed"] == 2
+    with pytest.raises(wb.ConfigError, match="lr_warmup=nan"):
+        resolve(TinyTask(), wb.get_variant("lora"), {"lr": 1.0, "lr_warmup": np.float64("nan")})

@@ -27,6 +27,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .io import atomic_save_safetensors, atomic_write_json
+from .memory import check_adaptation
 from .variant import Shared, Variant, VariantLayer, get_variant
 
 __all__ = ["adapt", "Adaptation", "load_adaptation", "match_targets"]
@@ -272,6 +273,7 @@ def adapt(model: nn.Module, variant: str | type[Variant], targets: str | Iterabl
     modules = {n: model.get_submodule(n) for n in names}
     shapes = {n: (m.out_features, m.in_features) for n, m in modules.items()}
     cfg.validate(shapes)
+    check_adaptation(cls, cfg, shapes, seed)  # refuse, before allocating, an adapter larger than the memory limit
 
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():

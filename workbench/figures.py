@@ -24,7 +24,8 @@ from .variant import VariantLayer, get_variant
 __all__ = ["loss_curves", "spectra", "spectra_over_time", "effective_rank_over_time", "frequency_map",
            "allocation_heatmap", "gradient_norms", "landscape", "subspace_similarity", "comparison_table",
            "comparison_bars", "small_multiples", "delta_heatmap", "metric_over_time", "parameters_vs_quality",
-           "variant_views", "location_trajectories", "CAPTIONS", "caption", "frequency_basis"]
+           "variant_views", "location_trajectories", "CAPTIONS", "caption", "frequency_basis", "sharpness_text",
+           "validation_metric", "metric_name", "map_coordinates", "mark_step", "setup_notebook"]
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22"]
@@ -33,9 +34,13 @@ LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), heig
 
 #: builder name -> one line: what the figure shows, then what to look for in it
 CAPTIONS: dict[str, str] = {
-    "loss_curves": "Training loss (lines) and validation loss (dotted, markers) per step, log scale. Look for the "
+    "loss_curves": "Training loss (lines) and validation loss (dotted, a diamond at every evaluation) per step, "
+                   "log scale. Look for the "
                    "validation loss turning up while training loss falls (overfitting) and for a dashed line "
                    "marking a run that diverged.",
+    "validation_metric": "The task's metric on validation data (accuracy on digits and text, relative error on "
+                         "synthetic tasks) at every evaluation. Look for where it stops improving: more steps will "
+                         "not help past there.",
     "metric_over_time": "One line per run and module of a recorded metric over training steps. Look for the modules "
                         "that move first and those that never move.",
     "effective_rank_over_time": "Effective rank of each module's ΔW (exp of the entropy of its normalised singular "
@@ -77,6 +82,21 @@ _PANEL_OF = {"spectra": "spectra", "allocation": "allocation_heatmap", "dct": "f
              "fft": "frequency_map", "wht": "frequency_map"}
 
 
+#: plotly renderers for notebooks: the plotly mimetype (JupyterLab, VS Code draw it) and ``text/html`` with
+#: plotly.js embedded once per notebook, offline (what nbconvert's HTML export and code hosts keep)
+NOTEBOOK_RENDERERS = "plotly_mimetype+notebook"
+
+
+def setup_notebook() -> str:
+    """Make every figure shown in a notebook carry a ``text/html`` output as well as plotly's own mimetype, with
+    plotly.js embedded once in the notebook (no CDN), so exported notebooks (nbconvert ``--to html``) show their
+    plots. Call it once, in the notebook's first code cell; returns the renderer now in use."""
+    import plotly.io as pio
+
+    pio.renderers.default = NOTEBOOK_RENDERERS
+    return pio.renderers.default
+
+
 def caption(name: str, kind: str | None = None) -> str:
     """The caption of figure builder ``name`` (``kind`` picks the panel of ``small_multiples``).
 
@@ -90,13 +110,18 @@ def caption(name: str, kind: str | None = None) -> str:
     return CAPTIONS[name]
 
 
+def _layer_class(run):
+    """The run's variant's layer class (the base ``VariantLayer``'s declarations for a variant not registered)."""
+    try:
+        return get_variant(run.variant).Layer
+    except ConfigError:
+        return VariantLayer
+
+
 def frequency_basis(run) -> str:
     """The basis the run's variant indexes its spectral ``locations`` in (``VariantLayer.frequency_basis``); the
     default's (DCT) for a run whose variant is not registered in this process."""
-    try:
-        return get_variant(run.variant).Layer.frequency_basis
-    except ConfigError:
-        return VariantLayer.frequency_basis
+    return _layer_class(run).frequency_basis
 
 
 def _runs(runs) -> list:
@@ -146,23 +171,73 @@ def loss_curves(runs, key: str = "loss", log_y: bool = True) -> go.Figure:
     if not runs or all(_series(r, "train", key).empty and _series(r, "eval", key).empty for r in runs):
         return _empty(title, "no losses recorded yet")
     fig = go.Figure()
+    validation = []  # drawn after every training line, so each evaluation's marker stays visible on top
     for i, (run, label) in enumerate(zip(runs, _labels(runs))):
         color = PALETTE[i % len(PALETTE)]
         tr, ev = _series(run, "train", key), _series(run, "eval", key)
         if not tr.empty:
-            fig.add_trace(go.Scatter(x=tr.step, y=tr.value, mode="lines", name=f"{label} train",
-                                     line=dict(color=color), legendgroup=label))
+            fig.add_trace(go.Scatter(x=tr.step, y=tr.value, mode="lines", name=f"{label} train", opacity=0.75,
+                                     line=dict(color=color, width=1.5), legendgroup=label))
         if not ev.empty:
-            fig.add_trace(go.Scatter(x=ev.step, y=ev.value, mode="markers+lines", name=f"{label} val",
-                                     line=dict(color=color, dash="dot"), marker=dict(size=7), legendgroup=label))
+            validation.append(go.Scatter(x=ev.step, y=ev.value, mode="markers+lines", name=f"{label} val",
+                                         line=dict(color=color, dash="dot"), legendgroup=label,
+                                         marker=dict(size=9, symbol="diamond", line=dict(color="white", width=1.5))))
         if run.status == "diverged":
             at = run.summary.get("diverged_at_step", tr.step.max() if not tr.empty else 0)
             fig.add_vline(x=at, line=dict(color=color, dash="dash"))
             fig.add_annotation(x=at, y=1, yref="paper", text=f"{label} diverged", showarrow=False,
                                font=dict(color=color), yanchor="bottom")
+    for trace in validation:
+        fig.add_trace(trace)
     fig.update_layout(title=title, xaxis_title="step", yaxis_title=key, **LAYOUT)
     if log_y:
         fig.update_yaxes(type="log")
+    return fig
+
+
+def mark_step(fig: go.Figure, step: int | None) -> None:
+    """Mark the selected ``step`` on ``fig`` (a figure over training steps) with a vertical line, in place; nothing
+    for an empty figure or no step."""
+    if step is None or not fig.data:
+        return
+    fig.add_vline(x=step, line=dict(color="#444", dash="dot", width=1.5))
+    fig.add_annotation(x=step, y=1, yref="paper", text=f"step {step}", showarrow=False, yanchor="bottom",
+                       font=dict(size=11, color="#444"), name="selected step")
+
+
+def metric_name(run) -> str | None:
+    """The task's metric of a run (``summary['metric']`` once finished; while it trains, the validation record that
+    is not the loss), or None before the first evaluation."""
+    name = run.summary.get("metric") or run.config.get("metric")
+    if name:
+        return name
+    keys = [k for k in dict.fromkeys(_series_of(run, "eval").key) if k != "loss"]
+    return keys[0] if keys else None
+
+
+def _series_of(run, probe: str) -> pd.DataFrame:
+    m = run.metrics
+    return m[m.probe == probe]
+
+
+def validation_metric(runs) -> go.Figure:
+    """The task's metric (accuracy on digits and text, rel_error on synthetic tasks) on validation data at every
+    evaluation of one or more runs."""
+    runs = _runs(runs)
+    fig = go.Figure()
+    names = []
+    for i, (run, label) in enumerate(zip(runs, _labels(runs))):
+        name = metric_name(run)
+        ev = _series(run, "eval", name) if name else None
+        if ev is None or ev.empty:
+            continue
+        names.append(name)
+        fig.add_trace(go.Scatter(x=ev.step, y=ev.value, mode="markers+lines", name=f"{label} {name}",
+                                 line=dict(color=PALETTE[i % len(PALETTE)]), marker=dict(size=7)))
+    if not fig.data:
+        return _empty("Validation metric", "no evaluation recorded yet")
+    shown = " / ".join(dict.fromkeys(names))
+    fig.update_layout(title=f"{shown} on validation data", xaxis_title="step", yaxis_title=shown, **LAYOUT)
     return fig
 
 
@@ -310,8 +385,55 @@ def small_multiples(runs, kind: str = "spectra", module: str | None = None, step
 
 # -- frequency and allocation ----------------------------------------------------------------------------------
 
+#: frequency maps the probe stores ``fftshift``-ed (zero frequency at the centre; ``probes.frequency.fft_map``)
+SHIFTED_BASES = ("fft",)
+#: the side above which the probe max-pools its maps (``probes.frequency.MAX_SIDE``)
+POOLED_SIDE = 128
+
+
+def _full_shape(run, module: str, pooled: tuple[int, int], locations: torch.Tensor) -> tuple[int, int]:
+    """The unpooled (rows, cols) of a module's map. A side under ``POOLED_SIDE`` was not pooled; the probe records
+    only the larger side of a pooled map (``map_pooled_from``), and the spectrum's length is the smaller one: when
+    both stored sides are ``POOLED_SIDE`` the side whose locations reach past the smaller side is the larger."""
+    rows, cols = pooled
+    big = _series(run, "frequency", "map_pooled_from", module)
+    if big.empty or max(rows, cols) < POOLED_SIDE:
+        return rows, cols
+    big = int(big.value.iloc[-1])
+    if rows < POOLED_SIDE:
+        return rows, big
+    if cols < POOLED_SIDE:
+        return big, cols
+    s = run.snapshot("spectra", "singular_values", module)
+    small = len(s) if s is not None else big
+    if small >= big:
+        return big, big
+    row_reach = float(locations[:, 0].max()) if len(locations) else 0.0
+    return (big, small) if row_reach >= small else (small, big)
+
+
+def map_coordinates(run, module: str, kind: str, locations: torch.Tensor, pooled: tuple[int, int]) -> torch.Tensor:
+    """(n, 2) (row, col) positions of a variant's ``locations`` on the stored map of basis ``kind``: shifted as the
+    probe shifts that map (FFT: entry j of an m-long axis sits at (j + m//2) mod m) and scaled into a pooled map's
+    cells (index j of m → ⌊j · s / m⌋ of s, the adaptive max-pool bin that holds it)."""
+    loc = locations.reshape(-1, 2).float() if locations.dim() == 2 and locations.shape[-1] == 2 else \
+        locations.reshape(2, -1).t().float()
+    m, n = _full_shape(run, module, pooled, loc)
+    out = loc.clone()
+    if kind in SHIFTED_BASES:
+        out[:, 0] = (out[:, 0] + m // 2) % m
+        out[:, 1] = (out[:, 1] + n // 2) % n
+    if (m, n) != tuple(pooled):
+        out[:, 0] = torch.floor(out[:, 0] * pooled[0] / m)
+        out[:, 1] = torch.floor(out[:, 1] * pooled[1] / n)
+    return out
+
+
 def frequency_map(run, module: str | None = None, kind: str = "dct", step: int | None = None) -> go.Figure:
-    """|DCT| / |FFT| / |WHT| of ΔW, with the variant's learned spectral locations overlaid where it has them."""
+    """|DCT| / |FFT| / |WHT| of ΔW, with the variant's spectral locations overlaid on the map of the basis it
+    declares (``frequency_basis``): "learned locations" where they move in training (``learned_locations``), "fixed
+    entries" where they do not. A one-sided variant's map (``frequency_sides == "input"``, recorded by the probe as
+    ``<kind>_input_side_only``) has channels as rows."""
     title = f"|{kind.upper()}(ΔW)|"
     modules = _modules(run, "frequency", kind)
     if not modules:
@@ -320,14 +442,24 @@ def frequency_map(run, module: str | None = None, kind: str = "dct", step: int |
     z = run.snapshot("frequency", kind, module, step)
     if z is None:
         return _empty(title, f"no map for {module}")
+    layer = _layer_class(run)
     fig = go.Figure(go.Heatmap(z=z.tolist(), colorscale="Magma", colorbar=dict(title="|coef|")))
     loc = run.snapshot("frequency", "locations", module, step)
     if loc is not None and loc.numel() and kind == frequency_basis(run):
-        loc = loc.reshape(-1, 2) if loc.dim() == 2 and loc.shape[-1] == 2 else loc.reshape(2, -1).t()
-        fig.add_trace(go.Scatter(x=_np(loc[:, 1]), y=_np(loc[:, 0]), mode="markers", name="learned locations",
+        at = map_coordinates(run, module, kind, loc, tuple(z.shape))
+        fig.add_trace(go.Scatter(x=_np(at[:, 1]), y=_np(at[:, 0]), mode="markers",
+                                 name="learned locations" if layer.learned_locations else "fixed entries",
                                  marker=dict(symbol="circle-open", size=9, color="cyan", line=dict(width=2))))
-    fig.update_layout(title=f"{title} · {module}", xaxis_title="input frequency", yaxis_title="output frequency",
-                      **LAYOUT)
+    # a one-sided map (the probe transformed only the input side, as the variant declares) has channels as rows
+    one_sided = (layer.frequency_sides == "input" and kind == frequency_basis(run)
+                 and not _series(run, "frequency", f"{kind}_input_side_only", module).empty)
+    if one_sided:
+        title = f"|ΔW · {kind.upper()} along the input|"
+    pooled_from = _series(run, "frequency", "map_pooled_from", module)
+    if not pooled_from.empty:
+        title += f" (max-pooled from {int(pooled_from.value.iloc[-1])} per side)"
+    fig.update_layout(title=f"{title} · {module}", xaxis_title="input frequency",
+                      yaxis_title="output channel" if one_sided else "output frequency", **LAYOUT)
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -400,6 +532,16 @@ def delta_heatmap(delta, title: str = "ΔW") -> go.Figure:
 
 # -- landscape --------------------------------------------------------------------------------------------------
 
+def sharpness_text(result: dict, short: bool = False) -> str:
+    """The landscape's sharpness as a phrase naming its definition: Keskar et al.'s (2017) ε-sharpness, in %."""
+    eps = result.get("epsilon")
+    if eps is None:
+        return f"sharpness {result['sharpness']:.3g}"
+    text = f"ε-sharpness {result['sharpness']:.3g}% (ε = {eps:g}"
+    return text + ")" if short else (text + "; Keskar et al. 2017: the largest loss rise in the box "
+                                            "|δᵢ| ≤ ε(|wᵢ| + 1) around the trained weights, over 1 + L)")
+
+
 def landscape(result: dict, surface: bool = False) -> go.Figure:
     """A 1-D slice (with the init→trained interpolation when present) or a 2-D contour / surface."""
     if not result or "loss" not in result:
@@ -412,8 +554,8 @@ def landscape(result: dict, surface: bool = False) -> go.Figure:
         if "interpolation" in result:
             fig.add_trace(go.Scatter(x=_np(result["alphas_interp"]), y=_np(result["interpolation"]),
                                      mode="lines", name="init → trained (α from 0 to 1)"))
-        fig.update_layout(title=f"Loss along a filter-normalised direction ({mode}); sharpness "
-                                f"{result['sharpness']:.3g}", xaxis_title="α", yaxis_title="loss", **LAYOUT)
+        fig.update_layout(title=f"Loss along a filter-normalised direction ({mode}); "
+                                f"{sharpness_text(result, short=True)}", xaxis_title="α", yaxis_title="loss", **LAYOUT)
         return fig
     z = result["loss"].tolist()
     a, b = _np(result["alphas"]), _np(result["betas"])

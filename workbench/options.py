@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -88,6 +89,17 @@ class Options:
     """
 
     owner: ClassVar[str] = "?"
+
+    def __post_init__(self) -> None:
+        # numpy's scalars (a seed from np.arange, a rate from np.logspace) become Python numbers, so torch, json and
+        # the run record see plain ints and floats
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Number) and type(value) not in (bool, int, float):
+                if isinstance(value, numbers.Integral):
+                    setattr(self, f.name, int(value))
+                elif isinstance(value, numbers.Real):
+                    setattr(self, f.name, float(value))
 
     @classmethod
     def fields_info(cls) -> list[dict[str, Any]]:
@@ -161,8 +173,8 @@ class Options:
             if info["choices"] is not None and value not in info["choices"]:
                 raise ConfigError(f"{self.owner}: {name}={value!r} is invalid; {name} must be one of "
                                   f"{', '.join(map(repr, info['choices']))}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if isinstance(value, float) and not math.isfinite(value):
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                if not math.isfinite(value):
                     raise ConfigError(f"{self.owner}: {name}={value!r} is invalid; {name} must be finite")
                 shape_dependent = callable(info["low"]) or callable(info["high"])
                 if shape_dependent and shapes:
@@ -177,9 +189,9 @@ class Options:
 
     def _check_type(self, info: dict, value: Any) -> None:
         kind, name = info["type"], info["name"]
-        ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        ok = {  # numbers.Integral / Real: numpy's integers and floats are numbers too (a seed from np.arange)
+            "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
+            "float": isinstance(value, numbers.Real) and not isinstance(value, bool),
             "bool": isinstance(value, bool),
             "str": isinstance(value, str),
         }.get(kind, True)

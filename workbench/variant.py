@@ -92,6 +92,10 @@ class VariantLayer(nn.Module):
     has_weight: ClassVar[bool] = True
     #: the basis ``inspect()['locations']`` index (figures overlay them on that frequency map): dct, fft or wht
     frequency_basis: ClassVar[str] = "dct"
+    #: whether ``inspect()['locations']`` move during training (LoCA) or stay where initialisation put them
+    learned_locations: ClassVar[bool] = False
+    #: which sides of ΔW the basis transforms: "both" (C_out ΔW C_inᵀ) or "input" (ΔW H, QWHA's F; rows stay channels)
+    frequency_sides: ClassVar[str] = "both"
 
     def __init__(self, base: nn.Linear, config: VariantConfig, shared: Shared | None = None, name: str = ""):
         super().__init__()

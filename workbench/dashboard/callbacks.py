@@ -9,16 +9,21 @@ generated from the declarations (``TrainSettings``, the variant's config, the ta
 from __future__ import annotations
 
 import functools
+import os
 import shutil
+import tempfile
+import threading
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
 import torch
 
-from .. import figures, tasks
+from .. import figures, memory, tasks
 from ..adapt import adapt
 from ..compare import compare
 from ..errors import ConfigError
@@ -40,11 +45,50 @@ COMMON_SETTINGS = ("steps", "lr", "batch_size", "seed", "every", "eval_every")
 
 # -- shared ---------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=16)
+TASK_CACHE_ENV = "WORKBENCH_TASK_CACHE"
+_TASKS: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()  # (name, options) -> (task, bytes), oldest first
+_TASKS_LOCK = threading.Lock()
+
+
+def task_cache_limit() -> int:
+    """Bytes the task cache may hold: ``$WORKBENCH_TASK_CACHE`` (same syntax as WORKBENCH_MEMORY_LIMIT) or the
+    memory limit of one task (2 GiB): three moderate option sets must not keep gigabytes alive."""
+    text = os.environ.get(TASK_CACHE_ENV, "").strip()
+    if not text:
+        return memory.memory_limit()
+    previous = os.environ.get(memory.LIMIT_ENV)
+    try:
+        os.environ[memory.LIMIT_ENV] = text
+        return memory.memory_limit()
+    finally:
+        if previous is None:
+            os.environ.pop(memory.LIMIT_ENV, None)
+        else:
+            os.environ[memory.LIMIT_ENV] = previous
+
+
 def get_task(name: str, options: tuple = ()):
     """Tasks are built once per process and options (the text task tokenizes its data set, digits pretrains a
-    ViT); ``options`` is a sorted tuple of (key, value) pairs."""
-    return tasks.get(name, **dict(options))
+    ViT); ``options`` is a sorted tuple of (key, value) pairs. The cache is bounded by the bytes its tasks hold
+    (:func:`task_cache_limit`), least recently used first out; a task larger than the whole bound is not kept."""
+    key = (name, options)
+    with _TASKS_LOCK:
+        if key in _TASKS:
+            _TASKS.move_to_end(key)
+            return _TASKS[key][0]
+    task = tasks.get(name, **dict(options))
+    size, limit = memory.object_bytes(task), task_cache_limit()
+    with _TASKS_LOCK:
+        if size <= limit:
+            _TASKS[key] = (task, size)
+            while sum(b for _, b in _TASKS.values()) > limit:
+                _TASKS.popitem(last=False)
+    return task
+
+
+def task_cache_bytes() -> int:
+    with _TASKS_LOCK:
+        return sum(b for _, b in _TASKS.values())
 
 
 def task_class(name: str):
@@ -137,8 +181,9 @@ def learn_card(variant: str, task_name: str = DEMO_TASK) -> str:
             + presets_section(cls.presets, cls.preset_for(task_name)))
 
 
-def start_demo(variant: str) -> str:
-    """A short training of ``variant`` on the synthetic low-rank task, in the background; returns the job id."""
+def start_demo(variant: str, owner: str | None = None) -> str:
+    """A short training of ``variant`` on the synthetic low-rank task, in the background; returns the job id.
+    ``owner`` (the browser session) may have one demo at a time (:func:`jobs.start`)."""
     cls = get_variant(variant)
     task = get_task(DEMO_TASK)
 
@@ -146,7 +191,7 @@ def start_demo(variant: str) -> str:
         return train(task, cls.name, settings={"steps": DEMO_STEPS, "lr": 1e-2, "seed": 0, "every": 5},
                      config=dict(cls.example_config), callback=job.on_event, control=job.control, progress=False)
 
-    return jobs.start("demo", work).id
+    return jobs.start("demo", work, owner=owner).id
 
 
 # -- Train ----------------------------------------------------------------------------------------------------
@@ -182,7 +227,7 @@ def preset_note(variant: str, task_name: str, preset: Preset | None) -> str:
 
 
 def start_training(task_name: str, variant: str, settings_table: Any, config_table: Any, root: str,
-                   task_options: Any = None) -> str:
+                   task_options: Any = None, owner: str | None = None) -> str:
     """Validate everything first (nothing starts on bad input), then train in the background.
 
     Only the values the user changed from what the forms were filled with (:func:`train_forms`) are passed as
@@ -206,7 +251,7 @@ def start_training(task_name: str, variant: str, settings_table: Any, config_tab
         return train(task, cls.name, settings=settings, config=config, store=run_store, callback=job.on_event,
                      control=job.control, progress=False)
 
-    return jobs.start("train", work).id
+    return jobs.start("train", work, owner=owner).id
 
 
 def _target_modules(task) -> dict:
@@ -224,6 +269,10 @@ def job_status(job_id: str | None) -> str:
     if job.error:
         return f"**Failed:** `{job.error}`. The dashboard keeps serving; fix the input and run again."
     if run is None:
+        place = jobs.queue_position(job)
+        if place is not None:
+            return (f"**queued** · {place} job(s) ahead or starting; at most {jobs.max_running()} train at once "
+                    f"(WORKBENCH_MAX_JOBS). Stop cancels it.")
         return "Starting…"
     m = run.metrics
     losses = m[(m.probe == "train") & (m.key == "loss")]
@@ -245,6 +294,13 @@ def job_status(job_id: str | None) -> str:
     return text
 
 
+def live_metric(job_id: str | None):
+    """The task's metric on validation data at every evaluation of the job's run (the Train tab's metric plot)."""
+    job = jobs.get(job_id)
+    run = job.run if job is not None else None
+    return figures.validation_metric([] if run is None else run)
+
+
 def live_figures(job_id: str | None, module: str | None = None) -> tuple:
     """Loss, gradient norms, spectrum and allocation of the job's run, as it trains."""
     job = jobs.get(job_id)
@@ -256,20 +312,27 @@ def live_figures(job_id: str | None, module: str | None = None) -> tuple:
             figures.allocation_heatmap(run))
 
 
+def jobs_finished(job_ids) -> int:
+    """How many of ``job_ids`` (None for a tab with no job yet) have ended: when it grows, runs have landed on disk
+    and the run pickers refresh."""
+    return sum(1 for j in job_ids if (job := jobs.get(j)) is not None and job.done)
+
+
 def job_version(job_id: str | None) -> int:
     job = jobs.get(job_id)
     return -1 if job is None else job.version
 
 
-def stop_job(job_id: str | None) -> str:
-    jobs.stop(job_id)
+def stop_job(job_id: str | None, owner: str | None = None) -> str:
+    """Stop the page's job and every other unfinished job of that kind the session (``owner``) started."""
+    jobs.stop(job_id, owner)
     return job_status(job_id)
 
 
 # -- Compare --------------------------------------------------------------------------------------------------
 
 def start_comparison(task_name: str, chosen: list[str] | None, seeds: Any, steps: Any, lr: Any, root: str,
-                     task_options: Any = None) -> str:
+                     task_options: Any = None, owner: str | None = None) -> str:
     """Compare the chosen variants in the background. ``steps`` blank leaves the run length to ``compare()`` (the
     task's default); ``lr`` is a number or ``sweep`` (each variant's best rate on validation data)."""
     if not chosen:
@@ -282,6 +345,8 @@ def start_comparison(task_name: str, chosen: list[str] | None, seeds: Any, steps
         raise ConfigError(f"seeds={seeds!r} is invalid; seeds must be whole numbers separated by commas") from None
     if not seed_list or len(seed_list) > 10 or min(seed_list) < 0:
         raise ConfigError(f"seeds={seeds!r} is invalid; give 1 to 10 non-negative seeds, e.g. '0, 1, 2'")
+    for seed in seed_list:  # the Train tab's bound on a seed, from the same declaration
+        TrainSettings.from_kwargs({"seed": seed}).validate()
     given = {"steps": str(steps if steps is not None else "").strip()}
     rate = str(lr if lr is not None else "").strip()
     if rate.lower() != "sweep":
@@ -293,9 +358,9 @@ def start_comparison(task_name: str, chosen: list[str] | None, seeds: Any, steps
 
     def work(job):
         return compare(task, list(chosen), seeds=seed_list, lr=settings.get("lr", "sweep"), store=run_store,
-                       callback=job.on_event, progress=False, **length)
+                       callback=job.on_event, progress=False, control=job.control, **length)
 
-    return jobs.start("compare", work).id
+    return jobs.start("compare", work, owner=owner).id
 
 
 def setting_values(texts: dict[str, str]) -> dict[str, Any]:
@@ -351,10 +416,28 @@ def run_choices(root: str) -> list[str]:
     return [] if df.empty else df.id.tolist()
 
 
+def run_label(row) -> str:
+    """A saved run as a person finds it in a list: ``variant · task · time`` (the time it was created)."""
+    created = str(row.get("created") or "").replace("T", " ")
+    return " · ".join(str(x) for x in (row.get("variant") or "?", row.get("task") or "?", created or row["id"]))
+
+
+def run_options(root: str) -> list[tuple[str, str]]:
+    """(label, run id) pairs, newest first, for the run pickers: the label reads ``variant · task · time``, the
+    value stays the run id (two runs with one label get the id's tail added)."""
+    df = store(root).list()
+    if df.empty:
+        return []
+    rows = df.to_dict("records")
+    labels = [run_label(r) for r in rows]
+    return [(f"{label} · {r['id'][-6:]}" if labels.count(label) > 1 else label, r["id"])
+            for label, r in zip(labels, rows)]
+
+
 def load_run(root: str, run_id: str) -> Run:
     if not run_id:
         raise ConfigError("choose a saved run")
-    path = store(root).path(run_id)
+    path = store(root).safe_path(run_id)
     stamp = max((p.stat().st_mtime for p in path.glob("*") if p.is_file()), default=0.0)
     return _load_cached(root, run_id, stamp)
 
@@ -368,7 +451,17 @@ def run_steps(root: str, run_id: str) -> tuple[int, int, list[str]]:
     """Probe steps of a run (min, max) and its modules, for the Inspect tab's slider and dropdown."""
     run = load_run(root, run_id)
     steps = run.snapshot_steps("spectra", "singular_values") or [0]
-    return min(steps), max(steps), modules_of([run])
+    # a run with one probe step (steps=1, or diverged at step 0) still needs a slider whose ends differ: the
+    # extra step shows the same, latest snapshot
+    return min(steps), max(max(steps), min(steps) + 1), modules_of([run])
+
+
+def snapshot_cadence(root: str, run_id: str) -> int:
+    """Steps between two snapshots of the saved run (the most common gap; 1 for a run with one snapshot): the Inspect
+    slider moves by it, so each stop shows a new snapshot."""
+    steps = load_run(root, run_id).snapshot_steps("spectra", "singular_values")
+    gaps = [b - a for a, b in zip(steps, steps[1:]) if b > a]
+    return max(set(gaps), key=gaps.count) if gaps else 1
 
 
 def frequency_basis_of(root: str, run_id: str) -> str:
@@ -383,10 +476,17 @@ def inspect_view(root: str, run_id: str, step: Any, module: str | None, kind: st
     s = run.summary
     head = (f"**{run.variant}** on **{run.task}** · {run.status} · {s.get('trainable_params', 0):,} parameters · "
             f"final {s.get('metric')} {s.get('metric_value')}")
+
+    def mark(fig):  # the selected step on every time-series panel
+        figures.mark_step(fig, step)
+        return fig
+
     return (head, figures.spectra(run, module=module, step=step),
-            figures.frequency_map(run, module, kind=kind or "dct", step=step), figures.effective_rank_over_time(run),
-            figures.subspace_similarity(run), figures.gradient_norms(run), figures.allocation_heatmap(run),
-            figures.variant_views(run, module, step=step), figures.location_trajectories(run, module))
+            figures.frequency_map(run, module, kind=kind or "dct", step=step),
+            mark(figures.effective_rank_over_time(run)), mark(figures.subspace_similarity(run)),
+            mark(figures.gradient_norms(run)), mark(figures.allocation_heatmap(run)),
+            figures.variant_views(run, module, step=step), figures.location_trajectories(run, module),
+            mark(figures.loss_curves(run)), mark(figures.validation_metric(run)))
 
 
 def compute_landscape(root: str, run_id: str, mode: str, dims: Any, steps: Any, span: Any,
@@ -398,9 +498,7 @@ def compute_landscape(root: str, run_id: str, mode: str, dims: Any, steps: Any, 
     task = task_of(run)
     ad = run.restore(task)
     result = landscape(ad, task, mode=mode, dims=dims, steps=steps, span=span, progress=progress)
-    return figures.landscape(result), (f"centre loss {result['center_loss']:.4g} · sharpness "
-                                       f"{result['sharpness']:.3g} (relative loss increase 10% of the span away "
-                                       f"from the centre along the first direction)")
+    return figures.landscape(result), f"centre loss {result['center_loss']:.4g} · {figures.sharpness_text(result)}"
 
 
 # -- Runs -----------------------------------------------------------------------------------------------------
@@ -409,40 +507,87 @@ def runs_table(root: str, query: str = "") -> pd.DataFrame:
     df = store(root).list().round({"final_loss": 5, "metric_value": 5, "lr": 6})
     query = (query or "").strip().lower()
     if query and not df.empty:
-        text = df.astype(str).apply(lambda row: " ".join(row).lower(), axis=1)
+        text = df.astype(object).where(df.notna(), "").astype(str).apply(lambda row: " ".join(row).lower(),
+                                                                         axis=1)  # unreadable rows hold NaN
         df = df[text.str.contains(query, regex=False)]
     return df
 
 
 def delete_run(root: str, run_id: str) -> str:
+    """Delete a saved run; refused while a job is training it (press Stop first): deleting it then would let the
+    job's final save bring it back."""
     if not run_id:
         raise ConfigError("choose a run to delete")
+    if run_id in jobs.running_run_ids():
+        raise ConfigError(f"run {run_id!r} is still training; press Stop, wait for it to end, then delete it")
     store(root).delete(run_id)
     _load_cached.cache_clear()
     return f"Deleted run `{run_id}`."
 
 
+ADAPTER_FILES = ("adapter.safetensors", "adaptation.json")  # what Adaptation.save writes, and all a zip holds
+
+
 def download_files(root: str, run_id: str) -> list[str]:
-    """The run's adapter (safetensors + json), its metrics as CSV, and a PEFT export where one exists."""
+    """The run's adapter (safetensors + json), its metrics as CSV, and a PEFT export where one exists.
+
+    Built in a fresh temporary folder (never inside the run store, so nothing planted there is overwritten, and
+    inside Gradio's allowed paths wherever ``--runs`` lies). The zip holds only the adapter's own regular files;
+    a run folder, adapter folder or file that is a link or resolves outside the store is refused."""
+    run_store = store(root)
+    path = run_store.safe_path(run_id)
     run = load_run(root, run_id)
-    path = store(root).path(run_id)
+    _forget_old_downloads()
+    out_dir = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX))
     out = []
     adapter = path / "adapter"
     if adapter.exists():
-        zipped = path / f"{run_id}-adapter.zip"
+        files = [adapter / name for name in ADAPTER_FILES if (adapter / name).exists()]
+        for f in [adapter, *files]:
+            if f.is_symlink() or not _inside(f, run_store.root) or not (f.is_dir() if f == adapter else f.is_file()):
+                raise ConfigError(f"run {run_id!r}: {f.relative_to(path)} is a link or lies outside the run store; "
+                                  f"no download is built")
+        zipped = out_dir / f"{run_id}-adapter.zip"
         with zipfile.ZipFile(zipped, "w") as z:
-            for f in adapter.iterdir():
+            for f in files:
                 z.write(f, f.name)
         out.append(str(zipped))
-    csv = path / f"{run_id}-metrics.csv"
+    csv = out_dir / f"{run_id}-metrics.csv"
     run.metrics.to_csv(csv, index=False)
     out.append(str(csv))
     try:
         task = task_of(run)
-        export_dir = path / "peft"
+        export_dir = out_dir / "peft"
         export_peft(run.restore(task), export_dir)
-        archive = shutil.make_archive(str(path / f"{run_id}-peft"), "zip", export_dir)
+        archive = shutil.make_archive(str(out_dir / f"{run_id}-peft"), "zip", export_dir)
         out.append(archive)
     except (ConfigError, FileNotFoundError):
         pass  # no linear ΔW or no adapter: nothing to export for PEFT
     return out
+
+
+DOWNLOAD_PREFIX = "workbench-download-"
+DOWNLOAD_MAX_AGE_SECONDS = 3600.0  # Gradio copies served files into its own cache; ours go after an hour
+
+
+def _forget_old_downloads() -> None:
+    """Remove this user's download folders older than DOWNLOAD_MAX_AGE_SECONDS, so the temp folder does not grow
+    with every press of "Prepare downloads" (links are never followed)."""
+    import time
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{DOWNLOAD_PREFIX}*"):
+        try:
+            mine = not hasattr(os, "getuid") or folder.stat().st_uid == os.getuid()
+            if (mine and folder.is_dir() and not folder.is_symlink()
+                    and time.time() - folder.stat().st_mtime > DOWNLOAD_MAX_AGE_SECONDS):
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True

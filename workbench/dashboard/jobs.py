@@ -2,11 +2,18 @@
 
 The page keeps only the job id (a ``gr.State`` must be deep-copyable, a thread is not) and polls with a
 ``gr.Timer``. A job never raises into the server: an exception is stored on the job and shown in the page.
+
+Limits (issue 16): a job has an ``owner`` (the browser session) and a ``kind`` (demo, train, compare); an owner has
+at most one unfinished job of each kind (:func:`start` refuses a second with a ConfigError naming the running one:
+refusing keeps the first run's work, where stopping it silently would throw it away), and :func:`stop` reaches every
+unfinished job of the owner and kind. At most ``WORKBENCH_MAX_JOBS`` jobs (default: the number of cores) train at
+once in the process; the others wait in a first-come queue, shown as ``queued``, and can be stopped while waiting.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 import traceback
@@ -14,18 +21,40 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
 from ..events import Start, TrainControl, TrainEvent
 
 _LOCK = threading.Lock()
 _JOBS: dict[str, Job] = {}
 _IDS = itertools.count(1)
 MAX_FINISHED = 64  # finished jobs kept for their pages; older ones are forgotten (their runs are on disk)
+MAX_JOBS_ENV = "WORKBENCH_MAX_JOBS"
+
+
+def max_running() -> int:
+    """How many jobs may train at once in this process: ``$WORKBENCH_MAX_JOBS`` or the number of cores."""
+    text = os.environ.get(MAX_JOBS_ENV, "").strip()
+    if text:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ConfigError(f"{MAX_JOBS_ENV}={text!r} is invalid; give a whole number of at least 1")
+        return n
+    return os.cpu_count() or 1
+
+
+_SLOTS_LOCK = threading.Condition()
+_RUNNING: list[str] = []   # ids of jobs holding a slot
+_WAITING: list[str] = []   # ids of jobs queued for one, first come first served
 
 
 @dataclass
 class Job:
     id: str
     kind: str
+    owner: str | None = None                       # the session that started it (None: no session, e.g. tests)
     control: TrainControl = field(default_factory=TrainControl)  # Stop asks every run of the job to end
     runs: list = field(default_factory=list)       # live Run objects, in order of start
     result: Any = None
@@ -34,6 +63,7 @@ class Job:
     started: float = field(default_factory=time.time)
     version: int = 0                               # bumped on every event: pollers redraw only on change
     thread: threading.Thread | None = None
+    queued: bool = True                            # waiting for a slot (WORKBENCH_MAX_JOBS)
 
     @property
     def run(self):
@@ -49,30 +79,89 @@ class Job:
         if self.error:
             return "failed"
         if not self.done:
-            return "stopping" if self.control.should_stop else "running"
+            if self.control.should_stop:
+                return "stopping"
+            return "queued" if self.queued else "running"
         return self.run.status if self.run is not None else "done"
 
 
-def start(kind: str, work: Callable[[Job], Any]) -> Job:
-    """Run ``work(job)`` in a daemon thread and register the job."""
-    job = Job(id=f"{kind}-{next(_IDS)}", kind=kind)
+def start(kind: str, work: Callable[[Job], Any], owner: str | None = None) -> Job:
+    """Run ``work(job)`` in a daemon thread once a slot is free, and register the job. A session (``owner``) with
+    an unfinished job of this kind is refused with a ConfigError naming it."""
+    with _LOCK:
+        if owner is not None:
+            busy = [j for j in _JOBS.values() if j.owner == owner and j.kind == kind and not j.done]
+            if busy:
+                raise ConfigError(f"job {busy[0].id} ({_describe(busy[0])}) is still {busy[0].status()}; press "
+                                  f"Stop and wait for it to end before starting another {kind}")
+        job = Job(id=f"{kind}-{next(_IDS)}", kind=kind, owner=owner)
+        _JOBS[job.id] = job
+        _forget_old()
 
     def target() -> None:
         try:
-            job.result = work(job)
+            if _acquire_slot(job):
+                job.result = work(job)
         except Exception as exc:  # noqa: BLE001 - shown in the page; the server keeps serving
             job.error = f"{type(exc).__name__}: {exc}"
             job.trace = traceback.format_exc()
         finally:
+            _release_slot(job)
             job.done = True
             job.version += 1
 
     job.thread = threading.Thread(target=target, name=job.id, daemon=True)
-    with _LOCK:
-        _JOBS[job.id] = job
-        _forget_old()
     job.thread.start()
     return job
+
+
+def _describe(job: Job) -> str:
+    run = job.run
+    return f"run {run.id}" if run is not None else "starting" if not job.queued else "queued"
+
+
+def _acquire_slot(job: Job) -> bool:
+    """Wait for a free slot, first come first served; False if the job was stopped while it waited."""
+    with _SLOTS_LOCK:
+        _WAITING.append(job.id)
+        try:
+            while not (len(_RUNNING) < max_running() and _WAITING[0] == job.id):
+                if job.control.should_stop:
+                    return False
+                _SLOTS_LOCK.wait(timeout=0.2)
+            _RUNNING.append(job.id)
+        finally:
+            _WAITING.remove(job.id)
+            _SLOTS_LOCK.notify_all()
+    job.queued = False
+    job.version += 1
+    return True
+
+
+def _release_slot(job: Job) -> None:
+    with _SLOTS_LOCK:
+        if job.id in _RUNNING:
+            _RUNNING.remove(job.id)
+        _SLOTS_LOCK.notify_all()
+
+
+def queue_position(job: Job) -> int | None:
+    """1 for the next job to start, None when the job is not waiting."""
+    with _SLOTS_LOCK:
+        return _WAITING.index(job.id) + 1 if job.id in _WAITING else None
+
+
+def owned(owner: str | None, kind: str | None = None) -> list[Job]:
+    """The unfinished jobs of a session (of one kind, or all)."""
+    with _LOCK:
+        return [j for j in _JOBS.values()
+                if owner is not None and j.owner == owner and (kind is None or j.kind == kind) and not j.done]
+
+
+def running_run_ids() -> set[str]:
+    """Ids of the runs that unfinished jobs of this process are training (delete refuses them)."""
+    with _LOCK:
+        return {r.id for j in _JOBS.values() if not j.done for r in list(j.runs) if r.status == "running"}
 
 
 def get(job_id: str | None) -> Job | None:
@@ -80,10 +169,17 @@ def get(job_id: str | None) -> Job | None:
         return _JOBS.get(job_id) if job_id else None
 
 
-def stop(job_id: str | None) -> None:
+def stop(job_id: str | None, owner: str | None = None) -> list[Job]:
+    """Stop the job ``job_id`` and every other unfinished job of the same kind that ``owner`` started (so a job the
+    page lost track of can still be stopped); returns the jobs asked to stop."""
     job = get(job_id)
-    if job is not None:
-        job.control.stop()
+    targets = [job] if job is not None else []
+    kinds = {job.kind} if job is not None else {None}
+    for kind in kinds:
+        targets += [j for j in owned(owner, kind) if j not in targets]
+    for j in targets:
+        j.control.stop()
+    return targets
 
 
 def _forget_old() -> None:

@@ -5,13 +5,23 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from ..errors import ConfigError
+from ..options import Options
 
 _RECIPES: dict[str, type[Recipe]] = {}
+
+
+@dataclass
+class RecipeConfig(Options):
+    """Base of every recipe's declared options (fields with :func:`~workbench.options.param`), like a variant's
+    config: validation, forms, CLI flags and docs come from the declaration. AdamW has none."""
+
+    owner: ClassVar[str] = "recipe"
 
 
 class Recipe:
@@ -22,13 +32,16 @@ class Recipe:
 
     name: ClassVar[str] = "?"
     paper: ClassVar[str] = ""
+    Config: ClassVar[type[RecipeConfig]] = RecipeConfig
 
     def __init__(self, adaptation, lr: float, weight_decay: float = 0.0, **options):
+        self.config = self.Config.from_kwargs(options, self.name)
+        self.config.validate()
         self.adaptation = adaptation
         # torch's optimizers refuse a NaN/inf rate at construction; build with a placeholder and apply the rate
         # afterwards, so the run really diverges and train() reports it instead of crashing before step one
         self.lr = lr if math.isfinite(lr) else 1.0
-        self.weight_decay, self.options = weight_decay, options
+        self.weight_decay = weight_decay
         self.optimizer = self.build()
         if not math.isfinite(lr):
             self.lr = lr

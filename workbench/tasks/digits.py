@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..options import Options, param
 from .base import Batch, Task, atomic_save, cache_dir, cache_key, check_option, frozen, index_stream
 
@@ -181,6 +182,9 @@ class DigitsTask(Task):
         check_option(name, "shift", shift, choices=SHIFTS)
         o = DigitsOptions.from_kwargs(options, name)
         o.validate()
+        if o.stage is not None and shift != "continual":
+            raise ConfigError(f"{name}: stage={o.stage!r} is invalid; stage applies to digits:continual only "
+                              f"(leave it empty for {name})")
         stage = o.stage
         self.name, self.shift = name, shift
         self._stage = stage

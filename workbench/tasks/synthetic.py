@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..memory import check_bytes
 from ..options import Options, param
 from .base import Batch, Task, check_option, frozen, index_stream
 
@@ -134,7 +135,9 @@ class SyntheticOptions(Options):
             raise ConfigError(f"{owner}: dim={o.dim} is invalid; dim must be a power of two for Walsh-Hadamard")
         check_option(owner, "depth", o.depth, min_depth, 16)
         check_option(owner, "rank", o.rank, 1, o.dim)
-        check_option(owner, "n_coefficients", o.n_coefficients, 1, o.dim * o.dim)
+        # lowrank+sparse gives half of the coefficients to its sparse part: one alone would leave it empty (0/0)
+        check_option(owner, "n_coefficients", o.n_coefficients, 2 if structure == "lowrank+sparse" else 1,
+                     o.dim * o.dim)
         return o
 
 
@@ -152,6 +155,8 @@ class SyntheticTask(Task):
         name = f"synthetic:{structure}"
         check_option(name, "structure", structure, choices=STRUCTURES)
         o = SyntheticOptions.build(name, structure, options)
+        check_bytes(name, self.estimate_bytes(o), {k: getattr(o, k) for k in ("dim", "depth", "n_train", "n_val",
+                                                                               "layout")}, "its weights and data")
         dim, depth, rank, n_coefficients = o.dim, o.depth, o.rank, o.n_coefficients
         strength, decay, noise, n_train, n_val, layout, seed = (o.strength, o.decay, o.noise, o.n_train, o.n_val,
                                                                 o.layout, o.seed)
@@ -178,6 +183,15 @@ class SyntheticTask(Task):
         self._x = {"train": x[:n_train], "val": x[n_train:]}
         self._y = {"train": y[:n_train], "val": y[n_train:]}
         self._y_var = float(self._y["val"].var())
+
+    @staticmethod
+    def estimate_bytes(o: SyntheticOptions) -> int:
+        """Float32 bytes the task holds at its peak while building, from the options alone: base weights, true
+        updates and the teacher (3·depth·dim²), and the inputs, targets, their noise and the teacher's
+        intermediate activations ((n_train + n_val)·dim·(3 + 3·outputs), outputs = depth side by side)."""
+        outputs = o.depth if o.layout == "parallel" else 1
+        n = o.n_train + o.n_val
+        return 4 * (3 * o.depth * o.dim * o.dim + n * o.dim * (3 + 3 * outputs))
 
     def _scaled(self, delta: torch.Tensor) -> torch.Tensor:
         """Every structure gets the same energy, ‖ΔW‖_F = strength·√dim / 2 (half of W0's), so tasks are equally

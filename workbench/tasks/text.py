@@ -34,11 +34,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..options import Options, param
 from .base import Batch, Task, atomic_save, cache_dir, cache_key, check_option, frozen, index_stream
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TOKENS_VERSION = 1  # bump when the layout of the cached token files changes
 EVAL_BATCH = 64
+PROBE_C = 1.0  # inverse L2 strength of the head's logistic probe (scikit-learn's C)
 
 
 def packaged_minilm_path() -> str | None:
@@ -202,6 +204,26 @@ class TextClassifier(nn.Module):
         return self.head(self.embed(input_ids, attention_mask))
 
 
+@dataclass
+class TextOptions(Options):
+    """The options of the ``text:<dataset>`` tasks."""
+
+    data_dir: str | None = param(None, help="folder with train.tsv and dev.tsv (none: $WORKBENCH_DATA_DIR/<dataset>)")
+    dataset: str | None = param(None, help="a Hugging Face dataset id such as glue/sst2 (needs datasets, online)")
+    model: str = param(DEFAULT_MODEL, help="Hugging Face model id or local folder of the encoder")
+    max_length: int = param(64, low=8, high=512, help="tokens per sentence at most (longer ones are truncated)")
+    n_train: int | None = param(None, low=16, high=10_000_000,
+                                help="training sentences, a seeded random subset (none: the whole file)")
+    n_val: int = param(872, low=16, high=10_000_000, help="validation sentences (a seeded subset when fewer)")
+    n_probe: int = param(512, low=16, high=100_000, help="training sentences the head's logistic probe is fitted on")
+    train_head: bool = param(True, help="train the probe-initialised head beside the adapters (modules_to_save)")
+    seed: int = param(0, low=0, high=2**31 - 1, help="seed of the data subsets")
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "option"
+
+
 class TextTask(Task):
     """Binary sentiment (SST-2) with a pretrained encoder, a probe-initialised head trained in full, and adapters in
     the attention."""
@@ -212,23 +234,16 @@ class TextTask(Task):
     # training settings that reach >= 0.86 dev accuracy with LoRA's defaults in ~1 minute on 2 CPU cores
     # (bench/text_quality.py); train() reads them once Task.defaults is wired in
     defaults = {"steps": 300, "lr": 1e-3, "batch_size": 32, "eval_every": 50}
+    option_class = TextOptions
 
-    def __init__(self, dataset_name: str = "sst2", *, data_dir: str | None = None, dataset: str | None = None,
-                 model: str = DEFAULT_MODEL, max_length: int = 64, n_train: int | None = None, n_val: int = 872,
-                 n_probe: int = 512, train_head: bool = True, seed: int = 0):
+    def __init__(self, dataset_name: str = "sst2", **options):
         name = f"text:{dataset_name}"
-        check_option(name, "max_length", max_length, 8, 512)
-        if n_train is not None:  # None: the whole training file
-            check_option(name, "n_train", n_train, 16, 10_000_000)
-        check_option(name, "n_val", n_val, 16, 10_000_000)
-        check_option(name, "n_probe", n_probe, 16, 100_000)
-        if not isinstance(train_head, bool):
-            raise ConfigError(f"{name}: train_head={train_head!r} is invalid; train_head must be True or False")
-        check_option(name, "seed", seed, 0, None)
+        o = TextOptions.from_kwargs(options, name)
+        o.validate()
+        data_dir, dataset, model, max_length = o.data_dir, o.dataset, o.model, o.max_length
+        n_train, n_val, n_probe, seed = o.n_train, o.n_val, o.n_probe, o.seed
         self.name = name
-        self._options = {"data_dir": data_dir, "dataset": dataset, "model": model, "max_length": max_length,
-                         "n_train": n_train, "n_val": n_val, "n_probe": n_probe, "train_head": train_head,
-                         "seed": seed}
+        self._options = o.to_dict()
         self._encoder, tokenizer = _load_encoder(model)
         self._pad_id = int(tokenizer.pad_token_id or 0)
         self._tokens = _load_tokens(name, data_dir, dataset, model, tokenizer, max_length)
@@ -262,7 +277,7 @@ class TextTask(Task):
         batch = t.batch(rows, self._pad_id)
         digest = hashlib.sha256(batch["input_ids"].numpy().tobytes()).hexdigest()
         key = cache_key(model=self._options["model"], ids=digest, labels=batch["labels"].tolist(), n=len(rows),
-                        classes=self.num_labels, version=2)
+                        classes=self.num_labels, C=PROBE_C, version=2)
         path = cache_dir() / f"text-head-{key}.safetensors"
         if path.exists():
             return load_file(str(path))
@@ -273,7 +288,7 @@ class TextTask(Task):
             feats = torch.cat([clf.embed(b["input_ids"], b["attention_mask"])
                                for b in (t.batch(rows[i:i + EVAL_BATCH], self._pad_id)
                                          for i in range(0, len(rows), EVAL_BATCH))])
-        lr = LogisticRegression(C=1.0, max_iter=2000).fit(feats.numpy(), batch["labels"].numpy())
+        lr = LogisticRegression(C=PROBE_C, max_iter=2000).fit(feats.numpy(), batch["labels"].numpy())
         w = torch.tensor(lr.coef_, dtype=torch.float32)
         b = torch.tensor(lr.intercept_, dtype=torch.float32)
         if self.num_labels == 2:  # sklearn's binary form: one row; the 2-way head gets (-w/2, +w/2)

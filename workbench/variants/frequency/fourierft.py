@@ -41,6 +41,7 @@ def spectral_entries(out_features: int, in_features: int, n: int, seed: int) -> 
 
 
 class FourierFTLayer(DenseDeltaLayer):
+    frequency_basis = "fft"  # entries index the (unshifted) 2-D FFT spectrum of ΔW
     def __init__(self, base: nn.Linear, config: FourierFTConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
         n = config.n_frequency

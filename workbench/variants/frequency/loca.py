@@ -81,6 +81,7 @@ class _SparseSpectrum(torch.autograd.Function):
 
 
 class LoCALayer(DenseDeltaLayer):
+    learned_locations = True  # a finite-difference gradient moves them during the search phase
     def __init__(self, base: nn.Linear, config: LoCAConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
         dev, dt = base.weight.device, base.weight.dtype

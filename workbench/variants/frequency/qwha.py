@@ -135,6 +135,7 @@ def ada_alloc(norms: torch.Tensor, budget: int, cap: int) -> torch.Tensor:
 
 class QWHALayer(DenseDeltaLayer):
     frequency_basis = "wht"  # F's rows/cols index Walsh–Hadamard coefficients
+    frequency_sides = "input"  # ΔW = F H⁻¹: only the input side is transformed; F's rows are channels
 
     def __init__(self, base: nn.Linear, config: QWHAConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
