@@ -398,7 +398,7 @@ class RunStore:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    """Whether ``path`` resolves (links followed) to a place inside ``root``."""
+    """Whether ``path`` resolves (links followed) to a place inside ``root`` (the store's and the downloads' check)."""
     try:
         path.resolve().relative_to(root.resolve())
     except ValueError:

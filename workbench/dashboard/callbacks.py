@@ -29,7 +29,7 @@ from ..compare import compare
 from ..errors import ConfigError
 from ..export import export_peft
 from ..probes.landscape import landscape
-from ..runs import Run, RunStore
+from ..runs import Run, RunStore, _inside
 from ..settings import Preset, Resolved, TrainSettings, resolve
 from ..train import train
 from ..variant import get_variant, variant_infos
@@ -585,9 +585,3 @@ def _forget_old_downloads() -> None:
             continue
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
