@@ -112,6 +112,26 @@ WITH_WEIGHT = [n for n in NAMES if wb.get_variant(n).Layer.has_weight]
 WITHOUT_WEIGHT = [n for n in NAMES if not wb.get_variant(n).Layer.has_weight]
 
 
+@pytest.mark.parametrize("name", WITH_WEIGHT)
+def test_update_is_the_change_from_the_original_weight(name):
+    """``pretrained_weight()`` is the caller's W0 (not a re-based copy), ``update() = effective_weight() − W0``, and
+    ``update_factors()``, where given, multiply to it (PiSSA: s·(B A − B0 A0); before, probes read s·B A)."""
+    model, ad = make(name)
+    original = {n: tiny_model().get_submodule(n).weight for n in ad.module_names}
+    perturb(ad)
+    with torch.no_grad():
+        for n, layer in ad.named_layers():
+            torch.testing.assert_close(layer.pretrained_weight(), original[n], atol=1e-5, rtol=1e-5)
+            update = layer.update()
+            torch.testing.assert_close(update, layer.effective_weight() - original[n], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(ad.delta_weights()[n], update)
+            f = layer.update_factors()
+            if f is not None:
+                torch.testing.assert_close(f[0] @ f[1], update, atol=1e-5, rtol=1e-4)
+            elif layer.linear_delta and layer.factors() is not None:
+                pytest.fail(f"{name}: factors() exist but update_factors() is None")
+
+
 @pytest.mark.parametrize("name", WITHOUT_WEIGHT)
 def test_input_dependent_variants_refuse_to_merge_clearly(name):
     _, ad = make(name)

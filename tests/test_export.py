@@ -45,6 +45,20 @@ def test_peft_loads_the_export_with_the_same_outputs(name, tmp_path, peft):
     assert info["relative_error"] < 1e-5
 
 
+def test_a_rebased_variant_exports_its_change_from_the_original_weight(tmp_path, peft):
+    """QWHA's base is the quantised W0: PEFT loads the adapter onto the untouched full-precision model, so the export
+    is W_Q + F H⁻¹ − W0 (at full rank, exact). Before, it exported F H⁻¹ alone and the loaded model missed the
+    quantisation error its base carries."""
+    ad = _trained_like("qwha", r=2, bits=3, group_size=16, calib_batches=0)
+    info = export_peft(ad, tmp_path)
+    with torch.no_grad():
+        expected = ad.model(X)
+    loaded = peft.PeftModel.from_pretrained(tiny_model(), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X), expected, atol=1e-5, rtol=1e-4)
+    assert info["relative_error"] < 1e-5
+
+
 def test_truncated_export_reports_its_error(tmp_path, peft):
     ad = _trained_like("full")
     info = export_peft(ad, tmp_path, rank=2)

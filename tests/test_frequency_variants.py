@@ -149,7 +149,9 @@ def test_hadamard_matrices_beyond_powers_of_two(n):
 
 def test_qwha_map_is_one_sided_and_its_top_cells_are_its_locations():
     # QWHA's ΔW = F H⁻¹ is transformed along the input only: on the two-sided |H ΔW H| map its locations sat near
-    # chance among the top cells (243 of 1,024 against 256); on |ΔW H| every top cell is one of its locations
+    # chance among the top cells (243 of 1,024 against 256); on |ΔW H| every top cell is one of its locations. The
+    # "wht" map is the change from the full-precision W0 (quantisation error included, issue 13.1); its own term
+    # relative to the quantised base, the map its locations index, is "wht_adapter"
     from workbench.events import StepContext
     from workbench.probes import get_probes
     from workbench.probes.base import ProbeContext
@@ -162,7 +164,8 @@ def test_qwha_map_is_one_sided_and_its_top_cells_are_its_locations():
             layer.coefficients.normal_()
     out = get_probes(["frequency"])[0].after_step(ProbeContext(adaptation=ad, task=task))
     for name, layer in ad.named_layers():
-        wht = out.arrays[(name, "wht")]
+        assert (name, "wht") in out.arrays
+        wht = out.arrays[(name, "wht_adapter")]
         k = layer.rows.numel()
         top = set(torch.topk(wht.flatten(), k).indices.tolist())
         cells = set((layer.rows * wht.shape[1] + layer.cols).tolist())

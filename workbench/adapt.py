@@ -141,9 +141,10 @@ class Adaptation(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
-        """Dense ΔW per module (detached)."""
+        """Dense ΔW per module (detached): each layer's ``update()``, the change from the original pretrained W0
+        (for PiSSA s·(B A − B0 A0), not ``delta_weight()`` relative to its residual base)."""
         with torch.no_grad():
-            return {n: layer.delta_weight().detach() for n, layer in self.named_layers() if layer.has_weight}
+            return {n: layer.update().detach() for n, layer in self.named_layers() if layer.has_weight}
 
     def inspect(self) -> dict[str, dict[str, torch.Tensor]]:
         with torch.no_grad():

@@ -1,5 +1,11 @@
-"""Budget matching: the value of a variant's size field whose trainable-parameter count on a task's model is closest
-to a budget, so that comparisons are at matched sizes.
+"""Budget matching: the value of a variant's size field whose trainable-parameter count (or saved adapter size) on a
+task's model is closest to a budget, so that comparisons are at matched sizes.
+
+Two sizes of an adapter differ for many variants: what trains (:meth:`Adaptation.num_trainable`) and what its saved
+file holds (:func:`saved_numbers`: every layer's adapter state, the shared module's persistent tensors and the
+``modules_to_save``). LoRA-XS and LoRA-SB save their frozen B and A beside R, SVFit and LoLDU their frozen factors,
+PiSSA both its factors and their initial copies; random bases regenerated from a seed are never saved.
+``budget_on="trainable"`` (the default) or ``"saved"`` says which one a budget counts.
 
 :func:`match_budget` searches the variant's size field (``Variant.budget_field``, else the first of
 :data:`_SIZE_FIELDS` in its config) within the range it allows on the *adapted* layers (a classifier head or an
@@ -18,9 +24,11 @@ from typing import Any
 
 from .adapt import adapt, match_targets
 from .errors import ConfigError
+from .options import Options, param
 from .variant import get_variant
 
-__all__ = ["match_budget", "config_for_budget", "count_params", "BudgetMatch", "BudgetWarning"]
+__all__ = ["match_budget", "config_for_budget", "count_params", "saved_numbers", "BudgetOptions", "BudgetMatch",
+           "BudgetWarning"]
 
 #: the size field of a variant that declares no ``budget_field``: the first of these in its config
 _SIZE_FIELDS = ("r", "n", "rank", "n_coefficients")
@@ -40,10 +48,36 @@ def _size_field(variant) -> str | None:
     return next((n for n in _SIZE_FIELDS if n in names), None)
 
 
-def count_params(task, variant, targets=None, **config) -> int:
-    """Trainable parameters of ``variant`` with ``config`` on ``task``'s model (built and thrown away)."""
+@dataclass
+class BudgetOptions(Options):
+    """What a parameter budget counts."""
+
+    owner = "compare"
+    budget_on: str = param("trainable", choices=("trainable", "saved"),
+                           help="what a budget counts: trainable parameters, or the numbers the saved adapter holds "
+                                "(frozen factors and initial copies included; regenerated random bases not)")
+
+
+def saved_numbers(adaptation) -> int:
+    """The numbers in ``adaptation``'s saved state (``adapter.safetensors``): every layer's adapter state, the
+    shared module's persistent tensors and the ``modules_to_save``."""
+    return sum(v.numel() for v in adaptation.adapter_state().values())
+
+
+def _size_of(adaptation, budget_on: str) -> int:
+    return adaptation.num_trainable() if budget_on == "trainable" else saved_numbers(adaptation)
+
+
+def _budget_on(value: str) -> str:
+    BudgetOptions(budget_on=value).validate()
+    return value
+
+
+def count_params(task, variant, targets=None, *, budget_on: str = "trainable", **config) -> int:
+    """Trainable parameters (``budget_on="saved"``: saved numbers) of ``variant`` with ``config`` on ``task``'s
+    model (built and thrown away)."""
     ad = adapt(task.model(), variant, targets or task.targets, **config)
-    return ad.num_trainable()
+    return _size_of(ad, _budget_on(budget_on))
 
 
 class BudgetWarning(UserWarning):
@@ -55,7 +89,8 @@ class BudgetMatch:
     """What budget matching chose for one variant: its size ``field`` set to ``value`` gives ``reached`` trainable
     parameters where ``budget`` were asked for. ``step`` is what one unit of the field adds near ``value`` (the
     larger of its two neighbours' differences), so ``missed`` means the budget lies outside the field's reach on
-    these targets. ``field`` and ``value`` are ``None`` for a variant with nothing to size (full fine-tuning)."""
+    these targets. ``field`` and ``value`` are ``None`` for a variant with nothing to size (full fine-tuning).
+    ``budget_on`` says what ``budget``, ``reached`` and ``step`` count: trainable parameters or saved numbers."""
 
     variant: str
     budget: int
@@ -67,6 +102,7 @@ class BudgetMatch:
     #: "lowest" or "highest" when ``value`` is the end of the range the field may take with this config on these
     #: targets (a budget beyond it cannot be reached), else ``None``
     limit: str | None = None
+    budget_on: str = "trainable"
 
     @property
     def at_limit(self) -> bool:
@@ -78,14 +114,16 @@ class BudgetMatch:
 
     def message(self) -> str:
         """One sentence for a warning or a table cell."""
+        unit, counted = (("parameters", "trainable parameters") if self.budget_on == "trainable"
+                         else ("saved numbers", "saved numbers"))
         if not self.missed:
-            return f"{self.variant}: {self.field}={self.value} gives {self.reached:,} of {self.budget:,} parameters"
+            return f"{self.variant}: {self.field}={self.value} gives {self.reached:,} of {self.budget:,} {unit}"
         short = self.reached < self.budget
         why = (f"{self.value} is the {self.limit} {self.field} these target layers allow" if self.at_limit
                else f"the count is not monotone in {self.field} here, so a value further away may come closer")
         return (f"{self.variant}: budget={self.budget:,} {'not reached' if short else 'exceeded'} by more than one "
-                f"step of {self.field} ({self.step:,} parameters): {self.field}={self.value} gives "
-                f"{self.reached:,} trainable parameters and {why}")
+                f"step of {self.field} ({self.step:,} {unit}): {self.field}={self.value} gives "
+                f"{self.reached:,} {counted} and {why}")
 
 
 def _target_shapes(model, targets) -> list[tuple[int, int]]:
@@ -202,9 +240,11 @@ def _copy(model, task):
         return task.model()
 
 
-def match_budget(task, variant, budget: int, targets=None, **config) -> BudgetMatch:
+def match_budget(task, variant, budget: int, targets=None, *, budget_on: str = "trainable", **config) -> BudgetMatch:
     """Set ``variant``'s size field (:func:`_size_field`) to the value whose trainable-parameter count on
     ``task``'s model is closest to ``budget``, within the range its declaration allows on the *adapted* layers.
+    ``budget_on="saved"`` matches the saved adapter's size (:func:`saved_numbers`) instead; ``reached`` and
+    ``step`` then count saved numbers.
 
     The count is monotone in the size field (growing for most variants, falling for RandLoRA, whose bases get
     fewer as r grows), and the values the config accepts form one interval around the given (or default) value:
@@ -219,6 +259,7 @@ def match_budget(task, variant, budget: int, targets=None, **config) -> BudgetMa
     """
     if budget < 1:
         raise ConfigError(f"compare: budget={budget} is invalid; budget must be an integer in [1, inf)")
+    _budget_on(budget_on)
     cls = get_variant(variant)
     name = _size_field(variant)
     targets = targets or getattr(task, "targets", None)
@@ -230,13 +271,13 @@ def match_budget(task, variant, budget: int, targets=None, **config) -> BudgetMa
         if v not in memo:
             cfg = config if name is None else {**config, name: v}
             try:
-                memo[v] = adapt(_copy(model, task), variant, targets, **cfg).num_trainable()
+                memo[v] = _size_of(adapt(_copy(model, task), variant, targets, **cfg), budget_on)
             except ConfigError:
                 memo[v] = None
         return memo[v]
 
     if name is None:  # nothing to size: the config as it is
-        return BudgetMatch(cls.name, budget, None, None, cost(None), 0, dict(config))
+        return BudgetMatch(cls.name, budget, None, None, cost(None), 0, dict(config), budget_on=budget_on)
     info = next(f for f in cls.Config.fields_info() if f["name"] == name)
     lo, hi = _field_range(info, _target_shapes(model, targets))
     if hi is not None and hi < lo:
@@ -245,7 +286,7 @@ def match_budget(task, variant, budget: int, targets=None, **config) -> BudgetMa
     anchor = min(max(int(config.get(name, info["default"])), lo), top)
     start = next((v for v in (anchor, lo) if cost(v) is not None), None)
     if start is None:  # no value works with the rest of the config: let adapt() say why
-        count_params(task, variant, targets, **{**config, name: anchor})
+        count_params(task, variant, targets, budget_on=budget_on, **{**config, name: anchor})
         raise ConfigError(f"{cls.name}: no {name} in [{lo}, {hi}] gives a valid config for budget matching")
     bottom = _first(lambda v: cost(v) is not None, lo, start)
     other = start if start > bottom else (bottom + 1 if bottom < top and cost(bottom + 1) is not None else bottom)
@@ -267,13 +308,14 @@ def match_budget(task, variant, budget: int, targets=None, **config) -> BudgetMa
         step = max((abs(cost(v) - cost(value)) for v in (value - 1, value + 1) if valid(v)), default=0)
         above = value == top or not valid(value + 1)
     limit = "highest" if above else "lowest" if value == bottom else None
-    match = BudgetMatch(cls.name, budget, name, value, cost(value), step, {**config, name: value}, limit)
+    match = BudgetMatch(cls.name, budget, name, value, cost(value), step, {**config, name: value}, limit, budget_on)
     if match.missed:
         warnings.warn(match.message(), BudgetWarning, stacklevel=2)
     return match
 
 
-def config_for_budget(task, variant, budget: int, targets=None, **config) -> dict[str, Any]:
-    """The config (``config`` plus the size field) whose parameter count is closest to ``budget``: the
-    ``config`` of :func:`match_budget`, which says how close it came."""
-    return match_budget(task, variant, budget, targets, **config).config
+def config_for_budget(task, variant, budget: int, targets=None, *, budget_on: str = "trainable",
+                      **config) -> dict[str, Any]:
+    """The config (``config`` plus the size field) whose parameter count (``budget_on``) is closest to ``budget``:
+    the ``config`` of :func:`match_budget`, which says how close it came."""
+    return match_budget(task, variant, budget, targets, budget_on=budget_on, **config).config

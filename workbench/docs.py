@@ -18,19 +18,24 @@ from .settings import TrainSettings
 from .variant import variant_infos
 
 __all__ = ["variants_markdown", "settings_markdown", "readme_variants", "with_readme_variants", "generated_docs",
-           "write_docs",
-           "stale_docs", "README_START", "README_END"]
+           "write_docs", "stale_docs", "README_START", "README_END", "RECONSTRUCTED_MARK"]
 
 HEADER = """# Variants
 
 Generated from the registry by `workbench docs` (do not edit by hand). Each variant's module docstring cites the
 paper with its equation numbers and says what is simplified; `dynamic` variants change their own allocation
-while training; `linear ΔW` variants satisfy `forward(x) = base(x) + x ΔWᵀ` exactly.
+while training; `linear ΔW` variants satisfy `forward(x) = base(x) + x ΔWᵀ` exactly. A variant with an entry under
+`reconstruction` was rebuilt from its paper's abstract, because neither the method section nor official code could
+be found: read its results as those of our reading, not of the paper's method. Tensors under `not weight-decayed`
+start away from "no change" (DoRA's magnitude starts at ‖W0‖), so `weight_decay` leaves them alone: decaying them
+toward 0 would move the model away from W0 with zero gradients.
 
 """
 
 README_START = "<!-- variants:start -->"
 README_END = "<!-- variants:end -->"
+#: after a key in the README's table: the variant is a reconstruction from its paper's abstract
+RECONSTRUCTED_MARK = "†"
 #: the README lists the families in this order; a family not named here follows, in registry order
 FAMILY_ORDER = ("lowrank", "rank", "frequency", "basis", "tiny")
 
@@ -45,12 +50,14 @@ def _defaults(config) -> str:
 
 def variants_markdown() -> str:
     """The whole of ``docs/VARIANTS.md``: one row per registered variant, in display order."""
-    rows = ["| key | family | paper | defaults | linear ΔW | dynamic | simplified / unconfirmed |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| key | family | paper | defaults | linear ΔW | dynamic | not weight-decayed | reconstruction | "
+            "simplified / unconfirmed |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v in variant_infos():
+        kept = ", ".join(f"`{name}`" for name in (*v.cls.Layer.no_decay, *getattr(v.cls.SharedModule, "no_decay", ())))
         rows.append(f"| `{v.name}` | {v.family} | {_cell(v.paper)} | {_cell(_defaults(v.config))} | "
-                    f"{'yes' if v.linear_delta else 'no'} | {'yes' if v.dynamic else 'no'} | "
-                    f"{_cell(v.cls.notes) or '—'} |")
+                    f"{'yes' if v.linear_delta else 'no'} | {'yes' if v.dynamic else 'no'} | {kept or '—'} | "
+                    f"{_cell(v.reconstruction) or '—'} | {_cell(v.cls.notes) or '—'} |")
     return HEADER + "\n".join(rows) + "\n" + _presets_markdown()
 
 
@@ -109,17 +116,27 @@ def settings_markdown() -> str:
 
 
 def readme_variants() -> str:
-    """The README's generated block (markers excluded): the variant count and one row of keys per family."""
+    """The README's generated block (markers excluded): the variant count, one row of keys per family, and a
+    mark (:data:`RECONSTRUCTED_MARK`) on each key that is a reconstruction from its paper's abstract."""
     families: dict[str, list[str]] = {f: [] for f in FAMILY_ORDER}
     infos = variant_infos()
+    marked = {v.name for v in infos if v.reconstruction}
     for v in infos:
         families.setdefault(v.family, []).append(v.name)
+
+    def key(n: str) -> str:
+        return f"`{n}`{RECONSTRUCTED_MARK if n in marked else ''}"
+
     rows = ["| family | variants |", "| --- | --- |"]
-    rows += [f"| {family} | {', '.join(f'`{n}`' for n in names)} |" for family, names in families.items() if names]
+    rows += [f"| {family} | {', '.join(key(n) for n in names)} |" for family, names in families.items() if names]
     n_families = sum(1 for names in families.values() if names)
     intro = (f"{len(infos)} variants in {n_families} families "
              "(this block is generated from the registry by `workbench docs`):")
-    return "\n".join([intro, "", *rows])
+    out = [intro, "", *rows]
+    if marked:
+        out += ["", f"{RECONSTRUCTED_MARK} reconstructed from the paper's abstract (no method section or official "
+                    "code found); docs/VARIANTS.md says what was reconstructed."]
+    return "\n".join(out)
 
 
 def with_readme_variants(readme: str) -> str:

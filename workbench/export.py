@@ -7,7 +7,9 @@ and ``.lora_B.weight`` [out, r] (DoRA adds ``.lora_magnitude_vector``) plus ``ad
   layer's :meth:`VariantLayer.peft_factors` its tensors (LoRA, rsLoRA and DoRA as they are; PiSSA relative to the
   original W0, as a rank-2r LoRA).
 * Any other variant with a linear ΔW exports as the rank-``r`` truncated SVD of its ΔW at scale 1: exact when
-  rank(ΔW) ≤ r, the best rank-r approximation (Eckart–Young) otherwise; the relative error is returned.
+  rank(ΔW) ≤ r, the best rank-r approximation (Eckart–Young) otherwise; the relative error is returned. ΔW is the
+  layer's ``update()``, the change from the original W0 (PEFT loads the adapter onto the untouched base model): for
+  QWHA that includes the quantisation error its base carries, so the export is of the full-precision equivalent.
 
 This module names no variant: adding a method never means editing it.
 """
@@ -46,7 +48,7 @@ def _svd_factors(ad: Adaptation, rank: int | None) -> tuple[dict, dict, float]:
             raise ConfigError(f"export: {ad.variant.name} has no linear ΔW (linear_delta=False); use save_merged "
                               "instead")
         with torch.no_grad():
-            delta = layer.delta_weight()
+            delta = layer.update()  # relative to the original W0: the adapter loads onto the untouched model
             r = rank or min(delta.shape)
             u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
             b, a = u[:, :r] * s[:r], vh[:r]

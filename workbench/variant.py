@@ -68,6 +68,9 @@ class Shared(nn.Module):
     tensors must be registered with ``persistent=False`` and regenerated from ``seed``: they are never saved.
     """
 
+    #: as :attr:`VariantLayer.no_decay`, for the shared module's trainable tensors
+    no_decay: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, config: VariantConfig, shapes: dict[str, Shape], seed: int):
         super().__init__()
         self.config, self.shapes, self.seed = config, dict(shapes), seed
@@ -83,6 +86,12 @@ class VariantLayer(nn.Module):
     * ``factors()`` returns ``(B, A)`` with ``ΔW == B @ A`` when the update has a low-rank form, else ``None``.
     * ``inspect()`` returns the variant's own views (``gates``, ``rank``, ``coefficients``, ``locations``, ...).
     * ``merge()``/``unmerge()`` fold the update into the base weight and back.
+
+    Two notions of "the update", kept apart. ``delta_weight()``/``factors()`` are relative to ``self.base`` (what
+    ``forward`` and ``merge()`` need). :meth:`update` (and :meth:`update_factors`) is the change from the *original*
+    pretrained weight, :meth:`pretrained_weight`: ``effective_weight() − W0``. They differ for variants that re-base
+    the frozen layer (PiSSA's residual W0 − s·B0 A0, QWHA's quantised W0); every probe, figure and export reads
+    :meth:`update`, so a ΔW means the same thing for every variant.
     """
 
     #: ΔW is a linear map added to W (False for DoRA's magnitude, bottleneck adapters, FoRA, TLoRA...).
@@ -96,6 +105,11 @@ class VariantLayer(nn.Module):
     learned_locations: ClassVar[bool] = False
     #: which sides of ΔW the basis transforms: "both" (C_out ΔW C_inᵀ) or "input" (ΔW H, QWHA's F; rows stay channels)
     frequency_sides: ClassVar[str] = "both"
+    #: attribute names of trainable tensors (or ``ParameterList``s/modules) whose zero is not "no change": weight
+    #: decay toward 0 would move the model away from W0 with zero gradients (DoRA's magnitude, PiSSA's factors,
+    #: LoLDU's z, SVFit's σ, TLoRA's transform cores, QWHA's correction). :meth:`Variant.param_groups` keeps them out
+    #: of weight decay; checked for every variant by ``tests/test_faithfulness_lowrank.py``.
+    no_decay: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, base: nn.Linear, config: VariantConfig, shared: Shared | None = None, name: str = ""):
         super().__init__()
@@ -165,6 +179,26 @@ class VariantLayer(nn.Module):
     def effective_weight(self) -> torch.Tensor:
         """The weight an equivalent plain ``nn.Linear`` would have (W0 + ΔW for linear variants)."""
         return self.base.weight + self.delta_weight()
+
+    def pretrained_weight(self) -> torch.Tensor:
+        """The original pretrained W0 (out, in) of the wrapped layer, before any variant re-bases its frozen copy
+        (PiSSA's W_res, QWHA's W_Q override this). Default: ``base.weight``. Not meaningful while merged."""
+        return self.base.weight
+
+    def update(self) -> torch.Tensor:
+        """The change from the original W0: ``effective_weight() − pretrained_weight()`` (out, in). This, not
+        :meth:`delta_weight` (which is relative to ``self.base``), is what probes, figures and exports read. For a
+        layer whose base is W0 itself it is ``delta_weight()``, computed without the subtraction."""
+        w0 = self.pretrained_weight()
+        if w0 is self.base.weight:
+            return self.delta_weight()
+        return self.effective_weight() - w0
+
+    def update_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(B, A)`` with ``update() == B @ A`` when the change from W0 has a low-rank form, else ``None``: the
+        spectra probe's fast path. Default: :meth:`factors` when the base is W0 itself; a re-basing layer overrides
+        this (PiSSA) or has none (QWHA)."""
+        return self.factors() if self.pretrained_weight() is self.base.weight else None
 
     def inspect(self) -> dict[str, torch.Tensor]:
         return {}
@@ -254,6 +288,9 @@ class Variant:
     example_config: ClassVar[dict[str, Any]] = {}
     #: what is simplified or could not be confirmed against the paper (shown in docs/VARIANTS.md)
     notes: ClassVar[str] = ""
+    #: non-empty when the method is reconstructed from the abstract (no method section or official code found):
+    #: one line saying what was reconstructed; shown in docs/VARIANTS.md, the Learn tab and ``variant_table()``
+    reconstruction: ClassVar[str] = ""
     #: recipe used when ``train(recipe=None)``; "adamw" unless the method is an optimizer-level recipe
     default_recipe: ClassVar[str] = "adamw"
     #: values this method needs on a task to show its behaviour in a short run (``workbench.settings.Preset``);
@@ -290,9 +327,23 @@ class Variant:
         the task, the run's length and rate; ``batches`` is an iterator of training batches on the model's device."""
 
     def param_groups(self, adaptation, lr: float, weight_decay: float) -> list[dict]:
-        """Optimizer parameter groups; override for per-tensor learning rates."""
-        return [{"params": [p for p in adaptation.parameters() if p.requires_grad], "lr": lr,
-                 "weight_decay": weight_decay}]
+        """Optimizer parameter groups; override for per-tensor learning rates.
+
+        Weight decay pulls a tensor toward 0, which is "no change" only for tensors whose zero is the untouched
+        model (LoRA's B, VeRA's b ...). The tensors each layer (and the shared module) declares in ``no_decay`` go to
+        a group of their own (named ``"no_decay"``) with weight decay 0, so that zero gradients plus weight decay
+        leave the effective weight where it started for every variant (before, DoRA's magnitude moved W by 18%,
+        TLoRA's transform by 33% in 200 AdamW steps at wd 0.1, lr 1e-2)."""
+        kept = no_decay_ids(adaptation)
+        params = [p for p in adaptation.parameters() if p.requires_grad]
+        decayed = [p for p in params if id(p) not in kept]
+        groups = [{"params": decayed, "lr": lr, "weight_decay": weight_decay}]
+        if len(decayed) < len(params):
+            groups.append({"params": [p for p in params if id(p) in kept], "lr": lr, "weight_decay": 0.0,
+                           "name": "no_decay"})
+            if not decayed:
+                groups.pop(0)
+        return groups
 
     def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
         """A term added to the loss (orthogonality, L1, KL, ...) at step ``ctx.step``; ``None`` for none."""
@@ -301,6 +352,19 @@ class Variant:
     def on_step(self, ctx: StepContext) -> None:
         """After each optimizer step (``ctx.step``, 0-based, of ``ctx.total_steps``): proximal updates, rank
         growth/pruning, location updates, schedules. ``ctx.optimizer`` is the optimizer just stepped."""
+
+
+def no_decay_ids(adaptation) -> set[int]:
+    """``id()`` of every tensor that the adaptation's layers and shared module declare in ``no_decay``."""
+    owners = [layer for _, layer in adaptation.named_layers()]
+    if getattr(adaptation, "shared", None) is not None:
+        owners.append(adaptation.shared)
+    ids: set[int] = set()
+    for owner in owners:
+        for attr in owner.no_decay:
+            value = getattr(owner, attr)
+            ids.update(id(p) for p in (value.parameters() if isinstance(value, nn.Module) else [value]))
+    return ids
 
 
 @dataclass(frozen=True)
@@ -314,6 +378,7 @@ class VariantInfo:
     linear_delta: bool
     dynamic: bool
     cls: type[Variant]
+    reconstruction: str = ""
 
 
 _REGISTRY: dict[str, type[Variant]] = {}
@@ -389,7 +454,8 @@ def _ordered() -> list[type[Variant]]:
 
 def variant_infos() -> list[VariantInfo]:
     """One :class:`VariantInfo` per registered variant, baselines first."""
-    return [VariantInfo(c.name, c.family, c.paper, c.summary, c.formula, c.Config, c.linear_delta(), c.dynamic, c)
+    return [VariantInfo(c.name, c.family, c.paper, c.summary, c.formula, c.Config, c.linear_delta(), c.dynamic, c,
+                        c.reconstruction)
             for c in _ordered()]
 
 
@@ -408,5 +474,6 @@ def variant_table() -> pd.DataFrame:
     for v in variant_infos():
         defaults = {f["name"]: f["default"] for f in v.config.fields_info()}
         rows.append({"name": v.name, "family": v.family, "paper": v.paper, "linear_delta": v.linear_delta,
-                     "dynamic": v.dynamic, "defaults": defaults, "summary": v.summary})
+                     "dynamic": v.dynamic, "reconstruction": v.reconstruction, "defaults": defaults,
+                     "summary": v.summary})
     return pd.DataFrame(rows)

@@ -13,6 +13,11 @@ three read on one scale; this is not the scale of every variant's own coefficien
   as they are.
 * WHT: |H_m ΔW H_n| with normalised Hadamard matrices (zero-padded to powers of two).
 
+ΔW is each layer's ``update()``, the change from the original pretrained W0 (PiSSA: s·(B A − B0 A0), not s·B A;
+QWHA: W_Q + F H⁻¹ − W0, its correction together with the quantisation error it leaves). A layer that re-bases its
+frozen weight and has ``locations`` (QWHA) also gets the map of its own term relative to its base, in its
+``frequency_basis``, as ``<basis>_adapter`` (``wht_adapter``): the map its locations index.
+
 Maps larger than ``MAX_SIDE`` are max-pooled for storage (records say so, in ``map_pooled_from``; learned
 ``locations`` are in the unpooled coordinates). Variants with learned spectral ``locations``/``coefficients`` pass
 them through for the overlay in ``figures.frequency_map``.
@@ -85,7 +90,7 @@ class FrequencyProbe(Probe):
             if not layer.has_weight:
                 continue
             with torch.no_grad():
-                delta = layer.delta_weight()
+                delta = layer.update()  # the change from the original W0
             dct = dct_map(delta)
             out.add(module, "dct_top1pct_energy", top_energy_fraction(dct))
             out.arrays[(module, "dct")] = pooled(dct)
@@ -100,4 +105,11 @@ class FrequencyProbe(Probe):
             for name in ("locations", "coefficients"):
                 if name in views:
                     out.arrays[(module, name)] = views[name].detach().float().cpu()
+            if "locations" in views and layer.pretrained_weight() is not layer.base.weight:
+                # a re-based layer (QWHA): its locations index its own term, relative to its base, so that map too
+                with torch.no_grad():
+                    own = layer.delta_weight()
+                basis = layer.frequency_basis
+                own_map = wht_map(own, sides) if basis == "wht" else fft_map(own) if basis == "fft" else dct_map(own)
+                out.arrays[(module, f"{basis}_adapter")] = pooled(own_map)
         return out

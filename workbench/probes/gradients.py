@@ -93,7 +93,7 @@ def _delta_weights(adaptation) -> dict[str, torch.Tensor]:
     training, like Bayesian-LoRA's gates, is read at its deterministic ΔW), without touching the random generators."""
     with torch.no_grad(), preserved_modes(adaptation), isolated_rng(adaptation.model, adaptation):
         adaptation.eval()
-        return {n: l.delta_weight().detach().float().clone() for n, l in adaptation.named_layers() if l.has_weight}
+        return {n: l.update().detach().float().clone() for n, l in adaptation.named_layers() if l.has_weight}
 
 
 class GradientsProbe(Probe):

@@ -21,7 +21,8 @@ normalised against.
   that names the other choices.
 * ``mode="delta"``: directions on each module's merged weight W0 + ΔW, the same space for every variant (so
   landscapes of different variants are comparable), filter-normalised against **ΔW**: α = 1 moves each row of the
-  weight by the norm of that row of the update. (Before, these directions were normalised against W0 + ΔW, which
+  weight by the norm of that row of the update (the change from the original W0, ``update()``: PiSSA's
+  s·(B A − B0 A0), not its principal part s·B A). (Before, these directions were normalised against W0 + ΔW, which
   moves the weight by the size of the *pretrained* weight, many times the update on a real fine-tune.)
 * ``mode="merged"``: the same merged weights, filter-normalised against W0 + ΔW (Li et al.'s normalisation applied
   to the merged model: the scale of a full fine-tune's landscape, not of the update).
@@ -112,7 +113,7 @@ def _merged_params(ad, mode: str) -> tuple[dict[str, torch.Tensor], dict[str, to
                   for name, layer in ad.named_layers()}
         if mode == "merged":
             return center, center
-        against = {f"{name}.base.weight": layer.delta_weight().detach().clone().to(center[f"{name}.base.weight"])
+        against = {f"{name}.base.weight": layer.update().detach().clone().to(center[f"{name}.base.weight"])
                    for name, layer in ad.named_layers()}
     return center, against
 

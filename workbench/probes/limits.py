@@ -27,7 +27,8 @@ mode, no gradient, inside :func:`~workbench.probes.base.isolated_rng`):
     factors, Q' = d^{−1/4} Q.
 
   (Before, a single "scaled" ratio divided by √d, which is neither: at d = 64 it read 22.6× below the first.)
-* ``max_abs_input`` max|X|, ``base_spectral_norm`` ‖W0‖₂, ``delta_spectral_norm`` ‖ΔW‖₂ and
+* ``max_abs_input`` max|X|, ``base_spectral_norm`` ‖W0‖₂ (the original pretrained W0, ``pretrained_weight()``),
+  ``delta_spectral_norm`` ‖ΔW‖₂ (ΔW = ``update()``, the change from that W0) and
   ``max_abs_delta_output`` max|X ΔWᵀ| (the hard regime's ‖α X B A / r‖_max), over the same real tokens.
 
 Value projections are read too, though only Q and K enter the softmax; a fused ``qkv`` projection's maximum is over
@@ -109,8 +110,9 @@ class LimitsProbe(Probe):
             if not calls:
                 continue
             with torch.no_grad():
-                delta = layer.delta_weight().float()
-                w = layer.base.weight.float() + delta
+                w0 = layer.pretrained_weight().float()
+                delta = layer.update().float()  # the change from the original W0
+                w = w0 + delta
                 bias = None if layer.base.bias is None else layer.base.bias.float()
                 stats = [self._read(x.float().reshape(-1, *x.shape[-2:]), _token_mask(ctx.batch, x), w, bias, delta)
                          for x in calls]
@@ -130,7 +132,7 @@ class LimitsProbe(Probe):
                 out.add(name, "padding_excluded", float(all(s[4] for s in stats)))
                 out.add(name, "max_abs_input", max(s[2] for s in stats))
                 out.add(name, "max_abs_delta_output", max(s[3] for s in stats))
-                out.add(name, "base_spectral_norm", float(torch.linalg.matrix_norm(layer.base.weight.float(), 2)))
+                out.add(name, "base_spectral_norm", float(torch.linalg.matrix_norm(w0, 2)))
                 out.add(name, "delta_spectral_norm", float(torch.linalg.matrix_norm(delta, 2)))
         return out
 

@@ -1,8 +1,13 @@
 """Spectra of ΔW: singular values, effective and stable rank, subspace similarity to a reference, intruder
 dimensions.
 
-* Singular values come through ``factors()`` when the layer has them: with B = Q_B R_B and Aᵀ = Q_A R_A,
-  σ(B A) = σ(R_B R_Aᵀ), an r×r SVD in O((m+n)r²) instead of O(mn·min(m, n)).
+ΔW is the layer's :meth:`~workbench.variant.VariantLayer.update`, the change from the *original* pretrained W0, for
+every variant: for PiSSA that is s·(B A − B0 A0), not s·B A (which is relative to its residual base and starts at
+the top-r part of W0), for QWHA W_Q + F H⁻¹ − W0. (Before, both read their adapter relative to their re-based base:
+PiSSA's ‖ΔW‖/‖W0‖ read 0.49 at step 0.)
+
+* Singular values come through ``update_factors()`` when the layer has them: with B = Q_B R_B and Aᵀ = Q_A R_A,
+  σ(B A) = σ(R_B R_Aᵀ), a k×k SVD in O((m+n)k²) instead of O(mn·min(m, n)).
 * Effective rank: exp of the entropy of σ/Σσ (Roy & Vetterli, 2007). Stable rank: ‖ΔW‖_F² / ‖ΔW‖_2².
 * Subspace similarity φ(A, B, i, j) = ‖U_A,iᵀ U_B,j‖_F² / min(i, j) (Hu et al., 2021, §7), against the task's
   true ΔW* where it is known, with k = min(8, numerical rank of ΔW*) for both i and j. ``subspace_similarity`` is the
@@ -13,7 +18,8 @@ dimensions.
   ΔW* = U Vᵀ has left φ = 1 but a low right φ (and a large ``rel_error``). ``figures.subspace_similarity`` plots
   the left key.
 * Intruder dimensions (Shuttleworth et al., 2024, "LoRA vs Full Fine-tuning: An Illusion of Equivalence"): top
-  singular vectors of W0 + ΔW whose largest |cosine| with every singular vector of W0 is below a threshold.
+  singular vectors of W0 + ΔW whose largest |cosine| with every singular vector of W0 is below a threshold, W0 the
+  original pretrained weight (``pretrained_weight()``; ``singular_values_base`` is its spectrum).
 """
 
 from __future__ import annotations
@@ -27,16 +33,17 @@ SUBSPACE_DIM = 8
 
 
 def singular_values(layer) -> torch.Tensor:
-    """σ(ΔW) of a VariantLayer, exactly, cheaply through its factors when it has them."""
+    """σ(ΔW) of a VariantLayer, ΔW its change from W0 (``update()``), exactly, cheaply through ``update_factors()``
+    when it has them."""
     with torch.no_grad():
-        f = layer.factors()
+        f = layer.update_factors()
         if f is not None:
             b, a = (t.detach().float() for t in f)
             if b.shape[1] < min(b.shape[0], a.shape[1]):
                 rb = torch.linalg.qr(b, mode="r").R
                 ra = torch.linalg.qr(a.t(), mode="r").R
                 return torch.linalg.svdvals(rb @ ra.t())
-        return torch.linalg.svdvals(layer.delta_weight().detach().float())
+        return torch.linalg.svdvals(layer.update().detach().float())
 
 
 def effective_rank(s: torch.Tensor) -> float:
@@ -96,12 +103,12 @@ class SpectraProbe(Probe):
             out.add(module, "norm_fro", float(torch.linalg.vector_norm(s)))
             base_svd = ctx.state.get(module)
             with torch.no_grad():
-                w0 = layer.base.weight.detach().float()
-                if base_svd is None:  # once per run: the base weight is frozen
+                w0 = layer.pretrained_weight().detach().float()
+                if base_svd is None:  # once per run: the original W0 is frozen
                     u0, s0, _ = torch.linalg.svd(w0, full_matrices=False)
                     base_svd = ctx.state[module] = u0
                     out.arrays[(module, "singular_values_base")] = s0
-                delta = layer.delta_weight().detach().float()
+                delta = layer.update().detach().float()
                 if float(delta.abs().max()) > 0:
                     out.add(module, "intruder_dimensions", intruder_dimensions(w0, w0 + delta, u0=base_svd))
                 ref = (ctx.reference or {}).get(module)

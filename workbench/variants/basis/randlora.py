@@ -5,7 +5,10 @@ Albert et al., ICLR 2025, arXiv:2502.00987, Eq. (4): for d_in ≤ d_out,
 one frozen random A ∈ R^{r×d_in} shared by all bases, and trainable λ_n ∈ R^r and γ_n ∈ R^m, m = min(d_in, d_out)
 (γ always on the smaller side; the roles swap when d_out < d_in). N·r ≥ m, so ΔW can be full rank.
 
-Definitions and defaults follow PEFT 0.21 (``tuners/randlora``): r = 32, α = 640, s = α/r; the bases are
+Definitions and defaults follow PEFT 0.21 (``tuners/randlora``): r = 32, α = 640, s = α/r (PEFT's choice, endorsed
+by the authors). The paper and the authors' own repository scale by α/(r·√N) instead, so an α taken from the paper
+is √N times too large here: use α_paper/√N (N = ⌈min(d_in, d_out)/r⌉, e.g. 24 bases for a 768-wide layer at r = 32).
+The bases are
 Kaiming-uniform from a generator seeded with ``projection_prng_key``, divided by their global standard deviation,
 drawn once at the largest needed size and sliced per layer (including PEFT's flattening order of the basis index).
 They are drawn in bfloat16 as PEFT draws them (PEFT falls back to float16 where bfloat16 is unavailable; here it
@@ -104,4 +107,5 @@ class RandLoRA(Variant):
     Layer = RandLoRALayer
     SharedModule = RandLoRAShared
     example_config = {"r": 8, "alpha": 160.0}
-    notes = "Matches PEFT 0.21's RandLoRA (dense bases); the sparse ternary bases are not implemented."
+    notes = ("Matches PEFT 0.21's RandLoRA (dense bases), s = α/r; the paper and its repository use α/(r√N), so α "
+             "values from the paper do not transfer (use α/√N). The sparse ternary bases are not implemented.")

@@ -19,6 +19,20 @@ base copy lives in the layer, so ``Adaptation.remove()`` gives back the original
 Hadamard matrices of order 2^k (Sylvester) and (q+1)·2^k for primes q ≡ 3 mod 4 (Paley), so 384 = 12·32 works; the
 code also has orders 28, 36, ... that are not built here. Simplified: the code's extra scale (scale/√d_out) and its
 candidate weighting by basis-row norms are not used.
+
+Two differences from the official code (issue 14, item 7), kept and stated:
+
+* **Calibration model.** ``prepare()`` collects X at each layer's input in the *adapted* model, whose earlier layers
+  are already quantised (W_Q + F H⁻¹ at their X = I initialisation); the official code collects X from the
+  full-precision model. The two differ by the upstream layers' remaining quantisation error.
+* **Allocation weights.** AdaAlloc here weighs channel i by ‖(ΔW_Q X)_i‖ (the paper's Eq. (7), with X through
+  R = U Σ^{½}); the official code weighs it by ‖x₀,ᵢ‖, the norm of the channel's dense Walsh–Hadamard coefficients
+  x₀ = (ΔW_Q H)_i, which does not see the data (the two agree for X = I up to the constant √d_in).
+
+The change from the pretrained model is ``update() = W_Q + F H⁻¹ − W0`` (``pretrained_weight()`` is the full-precision
+W0 kept in the layer), not the adapter's own F H⁻¹: probes, figures and exports read that (before, ``rel_error`` on
+synthetic:lowrank after 50 steps read 0.965 where the change from W0 was 0.954). The coefficients start at the
+correction of the quantisation error, so weight decay toward 0 would undo it: they are in ``no_decay``.
 """
 
 from __future__ import annotations
@@ -136,6 +150,7 @@ def ada_alloc(norms: torch.Tensor, budget: int, cap: int) -> torch.Tensor:
 class QWHALayer(DenseDeltaLayer):
     frequency_basis = "wht"  # F's rows/cols index Walsh–Hadamard coefficients
     frequency_sides = "input"  # ΔW = F H⁻¹: only the input side is transformed; F's rows are channels
+    no_decay = ("coefficients",)  # they start at the quantisation-error correction: decay toward 0 would undo it
 
     def __init__(self, base: nn.Linear, config: QWHAConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
@@ -150,6 +165,10 @@ class QWHALayer(DenseDeltaLayer):
         self.register_buffer("cols", torch.zeros(self.p, dtype=torch.long, device=base.weight.device))
         self.coefficients = nn.Parameter(torch.zeros(self.p, device=base.weight.device, dtype=base.weight.dtype))
         self.initialise(None)
+
+    def pretrained_weight(self) -> torch.Tensor:
+        """The full-precision W0 (the base holds W_Q)."""
+        return self.W0
 
     def quant_error(self) -> torch.Tensor:
         return self.W0 - self.base.weight
@@ -207,8 +226,12 @@ class QWHA(Variant):
     Layer = QWHALayer
     preserves_init = False  # the base is quantized: the output changes even though the adapter corrects most of it
     example_config = {"r": 2, "bits": 3, "group_size": 16, "calib_batches": 2}
-    notes = ("Own RTN/NF quantizer instead of GPTQ+MagR; no extra code scale; powers-of-two input widths only; the "
-             "NF levels for 2-3 bits are normal quantiles (QLoRA defines NF4 only).")
+    notes = ("Own RTN/NF quantizer instead of GPTQ+MagR; no extra code scale; input widths 2^k or (q+1)·2^k only; the "
+             "NF levels for 2-3 bits are normal quantiles (QLoRA defines NF4 only). Calibration inputs X are read "
+             "in the quantised adapted model (the official code reads the full-precision model), and AdaAlloc "
+             "weighs channels by ‖(ΔW_Q X)_i‖ as the paper's Eq. (7) (the official code uses ‖x₀,ᵢ‖, the norm of "
+             "the dense WHT coefficients). Probes read the change from the full-precision W0, W_Q + F H⁻¹ − W0; the "
+             "coefficients are not weight-decayed (decay would undo the quantisation-error correction).")
 
     def prepare(self, ctx, batches):
         adaptation, task = ctx.adaptation, ctx.task

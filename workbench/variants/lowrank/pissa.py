@@ -9,6 +9,14 @@ exactly the rank-r part; ``niter > 0`` uses the fast randomized SVD (Halko et al
 The residual lives in this layer's own copy of the base ``nn.Linear``, so ``Adaptation.remove()`` gives back the
 untouched original. The initial factors are kept (r·(in+out) numbers) so that a saved adapter rebuilds exactly the
 same residual when loaded.
+
+The change from the pretrained model is not ``factors()`` (s·B A, relative to W_res: at init the top-r part of W0)
+but ``update() = W_res + s·B A − W0 = s·(B A − B0 A0)``, with ``pretrained_weight() = W_res + s·B0 A0``; probes,
+figures and exports read that (before, the spectra probe read s·B A: ‖ΔW‖/‖W0‖ 0.49 where the true change was 0.047
+after 20 steps on synthetic:lowrank at lr 1e-3, and ``rel_error`` 1.40 against 0.98). Weight decay: the factors start
+at the principal part, so decaying them toward 0 moves W away from W0 (12–18% in 200 steps at wd 0.1 with zero
+gradients); they are in ``no_decay``. (PEFT with the HF Trainer decays them; with weight decay 0, as the paper's
+runs, the two agree.)
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ class PiSSAConfig(VariantConfig):
 
 
 class PiSSALayer(LoRALayer):
+    no_decay = ("lora_A", "lora_B")  # 0 is not "no change": B A starts at the top-r part of W0
+
     def __init__(self, base: nn.Linear, config: PiSSAConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
         self.base = copy.deepcopy(base)  # holds W_res; the caller's module stays as it was
@@ -71,6 +81,20 @@ class PiSSALayer(LoRALayer):
         with torch.no_grad():
             self.base.weight.add_(old - (self.init_B @ self.init_A) * self.scaling)
 
+    def pretrained_weight(self) -> torch.Tensor:
+        """The original W0 = W_res + s·B0 A0 (to float rounding; the caller's module holds it exactly)."""
+        return self.base.weight + (self.init_B @ self.init_A) * self.scaling
+
+    def update(self) -> torch.Tensor:
+        """s·(B A − B0 A0): the change from W0 (exactly 0 at init), not the principal part that ``factors()`` holds."""
+        return (self.lora_B @ self.lora_A - self.init_B @ self.init_A) * self.scaling
+
+    def update_factors(self):
+        """s·(B A − B0 A0) = [s(B − B0), s·B0] @ [A; A − A0], rank ≤ 2r; both differences are exactly 0 at init."""
+        s = self.scaling
+        return (torch.cat([(self.lora_B - self.init_B) * s, self.init_B * s], 1),
+                torch.cat([self.lora_A, self.lora_A - self.init_A], 0))
+
     def peft_factors(self):
         """Relative to the *original* W0, as PEFT's ``path_initial_model_for_weight_conversion`` exports PiSSA:
         W_res + s·B A − W0 = s·(B A − B0 A0), a LoRA of rank 2r with A' = [A; A0] and B' = [B, −B0] (scale
@@ -91,6 +115,9 @@ class PiSSA(Variant):
     Config = PiSSAConfig
     Layer = PiSSALayer
     example_config = {"r": 4}
+    notes = ("Probes, figures and exports read the change from the original W0, s·(B A − B0 A0), not s·B A (relative "
+             "to the residual). The factors are kept out of weight decay (0 is not 'no change' for them; PEFT with "
+             "the HF Trainer would decay them toward 0).")
 
     @classmethod
     def peft_settings(cls, config):

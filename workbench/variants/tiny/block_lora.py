@@ -4,8 +4,14 @@ Zhou et al., 2025, "One Head Eight Arms: Block Matrix based Low Rank Adaptation 
 arXiv:2501.16720. LoRA's down-projection A ∈ R^{r×d_in} is split column-wise into n blocks A = [A_1 … A_n] and all
 blocks are tied to one "head" Ā ∈ R^{r×(d_in/n)}, shared here by every adapted layer with the same block width; the
 up-projection B (the "arms") stays per layer. Then ΔW = s·B [Ā … Ā] and ΔW x = s·B Ā (Σ_j x_j): the input chunks are
-summed and multiplied once, turning n matrix products into additions. Init as LoRA (Ā Kaiming-uniform, B = 0);
-r·d_out per layer plus r·d_in/n shared.
+summed and multiplied once, turning n matrix products into additions. r·d_out per layer plus r·d_in/n shared.
+
+Init: B = 0 and Ā ~ U(−1/√d_in, 1/√d_in), the distribution of one column block of LoRA's A on the same layer
+(Kaiming-uniform with a = √5 over the *full* input width d_in = n·(d_in/n)). Then the r-dim intermediate Ā Σ_j x_j
+has the variance of LoRA's A x (d_in·E[a²]·E[x²] = E[x²]/3 for both), so α and learning rates transfer from LoRA.
+Kaiming over the head's own width d_in/n, as a plain reading would draw it, makes the intermediate √n times larger
+than LoRA's at equal α (std 1.60 against 0.58 at 8 blocks on unit inputs): the paper's init is not known, and this
+choice keeps Block-LoRA comparable with LoRA at the same α.
 
 What was checked: the abstract ("partitions the low-rank decomposition matrix of LoRA into a series of sub-matrices
 while sharing all down-projection sub-matrices", "transforms certain complex matrix multiplication operations into
@@ -14,6 +20,9 @@ down-projection A_s"). The method section and code were not available. Not confi
 blocks of A tied within a layer *and* shared across layers (the rank-axis reading (ΣB_i)Ā would be a plain smaller
 LoRA); a summary's "≈60% fewer parameters than CLIP-LoRA" is not what this reading gives (r·d_out per layer plus the
 shared heads: ≈50% fewer than LoRA's r(d_in + d_out) on square layers), so the paper may differ in a detail.
+Searched again (issue 13: the arXiv HTML, paper summaries, the code, docs and issue corpora): only the abstract
+and summaries are readable and no official code is published, so the class sets ``reconstruction``, shown in
+docs/VARIANTS.md, the README's variant block and ``variant_table()``.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ class BlockLoRAConfig(VariantConfig):
 
 
 class BlockShared(Shared):
-    """One head Ā (r × d_in/n) per distinct block width."""
+    """One head Ā (r × d_in/n) per distinct block width (every layer with that width has d_in = n · width)."""
 
     def __init__(self, config: BlockLoRAConfig, shapes, seed):
         super().__init__(config, shapes, seed)
@@ -53,9 +62,8 @@ class BlockShared(Shared):
         for _, i in shapes.values():
             width = i // config.blocks
             if str(width) not in self.heads:
-                head = torch.empty(config.r, width)
-                nn.init.kaiming_uniform_(head, a=math.sqrt(5))
-                self.heads[str(width)] = nn.Parameter(head)
+                bound = 1.0 / math.sqrt(i)  # Kaiming-uniform (a = √5) over the full width: one block of LoRA's A
+                self.heads[str(width)] = nn.Parameter(torch.empty(config.r, width).uniform_(-bound, bound))
 
 
 class BlockLoRALayer(VariantLayer):
@@ -92,4 +100,7 @@ class BlockLoRA(Variant):
     Layer = BlockLoRALayer
     SharedModule = BlockShared
     example_config = {"r": 2, "blocks": 4}
-    notes = "Column blocks of A tied to one head shared across layers (a reading of the abstract; no code found)."
+    notes = ("Column blocks of A tied to one head shared across layers; the head is drawn as one block of LoRA's A "
+             "(bound 1/√d_in), so the intermediate's scale and α match LoRA's.")
+    reconstruction = ("the block structure: column blocks of A tied to one head Ā that all layers share (the block "
+                      "axis and the cross-layer sharing are our reading), and Ā's init, scaled to LoRA's")

@@ -10,6 +10,9 @@ general vision language alignment ability") and summaries (an SVD of the pretrai
 The method section and code were not available. Not confirmed: projecting on the left only (the paper may also project
 A on the right with I − V_k V_kᵀ, or initialise A, B from the complementary singular vectors instead of projecting),
 and the choice of k (a hyper-parameter here, not an energy threshold).
+Searched again (issue 13: the arXiv HTML, paper summaries, the code, docs and issue corpora): only the abstract
+and summaries are readable and no official code is published, so the class sets ``reconstruction``, shown in
+docs/VARIANTS.md, the README's variant block and ``variant_table()``.
 """
 
 from __future__ import annotations
@@ -64,4 +67,6 @@ class CompLoRA(Variant):
     Config = CompLoRAConfig
     Layer = CompLoRALayer
     example_config = {"r": 4, "k": 4}
-    notes = "Left projection only, k a hyper-parameter (reconstruction: the paper's code was not found)."
+    notes = "Left projection only, k a hyper-parameter (the paper's method section and code were not found)."
+    reconstruction = ("the complementary subspace: B projected out of W0's top-k left singular directions in the "
+                      "forward pass (left side only; k a hyper-parameter)")

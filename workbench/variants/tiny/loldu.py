@@ -34,6 +34,7 @@ class LoLDUConfig(VariantConfig):
 
 
 class LoLDULayer(VariantLayer):
+    no_decay = ("z",)  # z starts at D (ΔW ∝ z − D): weight decay toward 0 would move W away from W0
     def __init__(self, base: nn.Linear, config: LoLDUConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
         with torch.no_grad():

@@ -12,6 +12,9 @@ as the motivation). The method section was not available and no code was found. 
 strength of the sparsity constraint (γ = 0.1 is our choice; the notes allow the proximal form), any AdaLoRA-style
 orthogonality term, and what "globally" means for layers of different shapes (here: one pair per shape, so a model
 whose targets share one shape, like Whisper's attention projections, gets exactly one pair).
+Searched again (issue 13: the arXiv HTML, paper summaries, the code, docs and issue corpora): only the abstract
+and summaries are readable and no official code is published, so the class sets ``reconstruction``, shown in
+docs/VARIANTS.md, the README's variant block and ``variant_table()``.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ class S2LoRA(Variant):
     dynamic = True
     example_config = {"r": 4}
     notes = "Sparsity by SoRA's proximal step (penalty form not confirmed); one shared pair per layer shape."
+    reconstruction = ("the sharing and the sparsity: one shared (A, B) per layer shape and per-layer rank "
+                      "coefficients made sparse by an L1 proximal step (strength γ = 0.1 our choice)")
 
     def param_groups(self, adaptation, lr, weight_decay):
         return with_gate_group(adaptation, [layer.coef for _, layer in adaptation.named_layers()], lr, weight_decay)

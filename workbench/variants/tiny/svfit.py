@@ -10,6 +10,9 @@ section was not readable here and no official code was found): the abstract says
 of the matrix's information", but not whether r is derived from an energy rule (Σσᵢ² or Σσᵢ); here r is a
 hyper-parameter, or, with ``energy`` > 0, the per-layer smallest r whose σᵢ² hold that share (our reading of the
 rule); there is no extra scale. U_r, V_r and σ_r are saved with the adapter so a loaded adapter is exact.
+Searched again (issue 13: the arXiv HTML, paper summaries, the code, docs and issue corpora): only the abstract
+and summaries are readable and no official code is published, so the class sets ``reconstruction``, shown in
+docs/VARIANTS.md, the README's variant block and ``variant_table()``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def energy_rank(s: torch.Tensor, share: float) -> int:
 
 
 class SVFitLayer(VariantLayer):
+    no_decay = ("sigma",)  # σ starts at σ0 (ΔW ∝ σ − σ0): weight decay toward 0 would move W away from W0
     def __init__(self, base: nn.Linear, config: SVFitConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
         with torch.no_grad():
@@ -72,3 +76,5 @@ class SVFit(Variant):
     example_config = {"r": 4}
     notes = ("r is a hyper-parameter; energy=0.99 picks r per layer by Σσ² (our reading of the abstract's "
              "'over 99% of the information', not confirmed).")
+    reconstruction = ("only the rank rule: energy > 0 picks r per layer by Σσ², our reading of the abstract's 'over "
+                      "99% of the information' (training the top-r σ with W_e frozen follows summaries of §3)")

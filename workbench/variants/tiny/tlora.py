@@ -16,8 +16,12 @@ Checked against the code published with the paper (README "Code for the paper", 
 identity init, W0 @ T + scaling·Δ, s = α/√r, and the residual init (B¹ = 0, B^d ~ N(0, (√I_d / r²)²) for d > 1,
 C^d ~ N(0, 1/J_d)); that code — not the paper's μP rule σ = Θ(√n_out/n_in) — fixes our init. Its training script
 uses no identity penalty (AdamW, weight decay 1e-4), so γ defaults to 0 here; rank 1 and transform rank 1 are its
-defaults (with a plain LoRA residual, which we do not offer: TLoRA proper is TRM + TR). Core sizes: the code uses a
-hand-written table (768 → 8·8·12); we factor each width into ``cores`` balanced factors.
+defaults. Its published script (``run_tlora.sh``) trains with ``addition_part='lora'``: the residual is a plain LoRA
+Δ = B A (B = 0, A Kaiming-normal with a = √5, i.e. std 1/√(3·d_in)), still scaled by α/√r; ``addition_part="lora"``
+offers it (r·(d_in + d_out) residual parameters instead of the TR cores'). The default, ``"ttv"``, is the TR residual
+of the paper's §3 (TLoRA proper: TRM + TR). The code's third choice, a TT-matrix residual (``'ttm'``), is not
+offered. Core sizes: the code uses a hand-written table (768 → 8·8·12); we factor each width into ``cores`` balanced
+factors.
 
 T is dense and full rank, so W0·T can rotate and rescale all of W0's input directions; DoRA is the special case of a
 diagonal T. Not a linear delta in docs/DESIGN.md's sense (it multiplies W0), but the layer is still an exact linear
@@ -47,6 +51,9 @@ class TLoRAConfig(VariantConfig):
     transform_rank: int = param(1, low=1, high=16, help="tensor-ring-matrix rank R of the transform T (code: 1)")
     alpha: float = param(1.0, low=0, low_open=True, help="residual scale numerator: s = alpha / sqrt(r) (code: 1)")
     identity_reg: float = param(0.0, low=0.0, help="γ of the identity penalty on T's cores (code: none)")
+    addition_part: str = param("ttv", choices=("ttv", "lora"),
+                               help="the residual Δ: ttv, the tensor-ring cores of §3; lora, the plain B A of the "
+                                    "published script (addition_part='lora')")
 
 
 def factorize(n: int, parts: int) -> list[int]:
@@ -74,6 +81,7 @@ def ring_chain(cores: list[torch.Tensor]) -> torch.Tensor:
 
 
 class TLoRALayer(DenseDeltaLayer):
+    no_decay = ("T_cores",)  # T starts at I: decaying its cores toward 0 shrinks W0·T (B¹ = 0 keeps Δ at 0)
     linear_delta = False
 
     def __init__(self, base: nn.Linear, config: TLoRAConfig, shared=None, name: str = ""):
@@ -84,11 +92,14 @@ class TLoRALayer(DenseDeltaLayer):
         R, r = config.transform_rank, config.r
         eye = [torch.eye(j)[:, :, None, None].expand(j, j, R, R) / R for j in self.J]
         self.T_cores = nn.ParameterList(nn.Parameter(e.clone()) for e in eye)
-        # official init: B¹ = 0, B^d ~ N(0, (√I_d / r²)²) for d > 1, C^d ~ N(0, 1/J_d)
-        self.B_cores = nn.ParameterList(
-            nn.Parameter(torch.zeros(i, r, r) if d == 0 else torch.randn(i, r, r) * (math.sqrt(i) / r ** 2))
-            for d, i in enumerate(self.I))
-        self.C_cores = nn.ParameterList(nn.Parameter(torch.randn(j, r, r) / math.sqrt(j)) for j in self.J)
+        if config.addition_part == "lora":  # the script's residual: B = 0, A Kaiming-normal (a = √5)
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+            self.lora_A = nn.Parameter(nn.init.kaiming_normal_(torch.empty(r, base.in_features), a=math.sqrt(5)))
+        else:  # official ttv init: B¹ = 0, B^d ~ N(0, (√I_d / r²)²) for d > 1, C^d ~ N(0, 1/J_d)
+            self.B_cores = nn.ParameterList(
+                nn.Parameter(torch.zeros(i, r, r) if d == 0 else torch.randn(i, r, r) * (math.sqrt(i) / r ** 2))
+                for d, i in enumerate(self.I))
+            self.C_cores = nn.ParameterList(nn.Parameter(torch.randn(j, r, r) / math.sqrt(j)) for j in self.J)
         self.to(dev, dt)
 
     def transform(self) -> torch.Tensor:
@@ -103,7 +114,9 @@ class TLoRALayer(DenseDeltaLayer):
         return self.config.alpha / math.sqrt(self.config.r)
 
     def residual(self) -> torch.Tensor:
-        """Δ (d_out × d_in) = tr(∏B[i] ∏C[j]), before the scale s."""
+        """Δ (d_out × d_in) before the scale s: tr(∏B[i] ∏C[j]) (ttv), or B A (lora)."""
+        if self.config.addition_part == "lora":
+            return self.lora_B @ self.lora_A
         return torch.einsum("iab,jba->ij", ring_chain(list(self.B_cores)), ring_chain(list(self.C_cores)))
 
     def effective_weight(self) -> torch.Tensor:
@@ -129,8 +142,8 @@ class TLoRA(Variant):
     Layer = TLoRALayer
     example_config = {"cores": 2, "r": 2, "transform_rank": 2}
     notes = ("Init, s = α/√r and the TRM/TR contractions follow the code published with the paper; γ = 0 as in its "
-             "training script (the penalty's strength in the paper is not confirmed); not a linear delta: "
-             "effective_weight() = W0·T + s·Δ.")
+             "training script (the penalty's strength in the paper is not confirmed); addition_part='lora' gives the "
+             "script's plain LoRA residual ('ttm' not offered); not a linear delta: effective_weight() = W0·T + s·Δ.")
 
     def regularizer(self, ctx):
         adaptation = ctx.adaptation
