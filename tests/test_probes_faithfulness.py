@@ -176,8 +176,8 @@ def test_a_probe_does_not_change_the_run(probe):
 
 
 def test_the_gradients_probe_does_not_change_a_run_that_samples_its_update():
-    """Bayesian-LoRA samples its rank gates in training mode, in ``delta_weight()`` too: the probe reads ΔW before and
-    after the step in eval mode (the deterministic gates), consuming no random numbers."""
+    """Bayesian-LoRA samples its rank gates in the training forward pass: the probe reads ΔW before and after the step
+    (``delta_weight()`` uses the deterministic test-time gates), consuming no random numbers."""
     def final(probes):
         run = wb.train(TinyTask(), "bayesian-lora", steps=21, every=10, probes=probes, progress=False, r=4)
         return run, {k: v.clone() for k, v in run.adaptation.adapter_state().items()}

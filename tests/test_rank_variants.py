@@ -72,22 +72,22 @@ def test_increlora_importance_is_the_code_score_on_the_pre_step_update():
 
 def test_increlora_new_ranks_get_their_own_group_with_fresh_moments_and_a_warmup():
     # the code's add_param_group under multi_lr: fresh Adam moments, lr warming up from 0 over rank_warmup steps
-    ad = wb.adapt(tiny_model(), "increlora", ["0", "2"], target_rank=4, warmup=1, interval=1, top_h=1,
+    ad = wb.adapt(tiny_model(), "increlora", ["0", "2"], target_rank=4, warmup=0, interval=1, top_h=1,
                   rank_warmup=4)
     opt = torch.optim.AdamW(ad.variant.param_groups(ad, 0.1, 0.0))
-    for step in range(4):
+    for step in range(5):
         opt.zero_grad()
         ad.model(X).pow(2).mean().backward()
         opt.step()
-        ad.variant.on_step(StepContext(ad, step, total_steps=4, lr=0.1, optimizer=opt))
+        ad.variant.on_step(StepContext(ad, step, total_steps=5, lr=0.1, optimizer=opt))
     groups = [g for g in opt.param_groups if g.get("name") == "increlora-new-ranks"]
-    assert [g["added"] for g in groups] == [0, 1, 2]  # budget 8 = 2 × 1 to start + 3 growths of k = 2
+    assert [g["added"] for g in groups] == [1, 2, 3]  # steps > warmup 0; budget 8 = 2 × 1 + 3 growths of k = 2
     assert [g["lr"] for g in groups] == pytest.approx([0.1 * 3 / 4, 0.1 * 2 / 4, 0.1 * 1 / 4])
     assert sum(layer.rank for _, layer in ad.named_layers()) == 8
     assert all(float(layer.reserve_gate) == 0 for _, layer in ad.named_layers())  # budget spent, reserves closed
-    first_grown = groups[0]["params"][0]  # the e activated at step 0
-    assert int(opt.state[first_grown]["step"]) == 3  # its own count, not the main group's 4
-    assert int(opt.state[opt.param_groups[0]["params"][0]]["step"]) == 4
+    first_grown = groups[0]["params"][0]  # the e activated at step 1
+    assert int(opt.state[first_grown]["step"]) == 3  # its own count, not the main group's 5
+    assert int(opt.state[opt.param_groups[0]["params"][0]]["step"]) == 5
 
 
 def test_increlora_grown_adapter_saves_and_loads(tmp_path):
@@ -244,9 +244,11 @@ def test_codyra_continual_training_prunes_ranks_and_merges_between_stages():
     from workbench.variants.rank.codyra import train_continual
 
     stages = wb.tasks.get("digits:continual").stages()
-    df = train_continual(stages, "codyra", steps=60, lr=1e-2, r=8, kappa_max=0.05)
+    # κ_max 0.025: the code's three-mask threshold (the default) zeroes |g| < 2κ, the dead zone the soft threshold at
+    # 0.05 had (at 0.05 the three masks leave the last stage at 0.21 accuracy in 60 steps)
+    df = train_continual(stages, "codyra", steps=60, lr=1e-2, r=8, kappa_max=0.025)
     assert list(df.after_stage) == ["rotate", "invert", "classes"]
-    assert (df.active_ranks < 8 * 8).all()  # the soft threshold removed ranks in every stage (8 modules x r=8 max)
+    assert (df.active_ranks < 8 * 8).all()  # the threshold removed ranks in every stage (8 modules x r=8 max)
     assert df["accuracy/classes"].iloc[-1] > df["accuracy/classes"].iloc[0] + 0.2  # the last stage was learned
 
 
@@ -285,17 +287,6 @@ def test_adalora_regularizer_is_its_formula_before_sharing():
     assert torch.equal(ad.variant.regularizer(StepContext.standalone(ad, total_steps=1)), 0.7 * total / n)
 
 
-def test_increlora_regularizer_is_its_formula_before_sharing_reserves_included():
-    ad = _randomized("increlora", target_rank=4)
-    ad.layer("2").grow()  # blocks of different sizes, and the fresh reserve
-    terms = []  # the code IncreLoRA had before the shared helper: γ · mean over modules (issue 14: 2× the official)
-    for _, layer in ad.named_layers():
-        a, b = layer.lora_A, layer.lora_B
-        eye = torch.eye(a.shape[0])
-        terms.append(torch.linalg.matrix_norm(a @ a.t() - eye) + torch.linalg.matrix_norm(b.t() @ b - eye))
-    reg = ad.variant.regularizer(StepContext.standalone(ad, total_steps=1))
-    assert torch.equal(reg, 0.1 * torch.stack(terms).mean())
-    assert ad.layer("2").lora_A.shape[0] == 1 + 2 + 2  # the reserve is in A and B, so in the penalty
 
 
 def test_orthogonality_normalisations_differ_by_the_number_of_matrices_per_module():

@@ -10,13 +10,19 @@ zero except for n coefficients a_k at integer locations l_k. Unlike FourierFT, t
 * the location gradient is a central finite difference of ∂L/∂S on the DCT grid (Eq. (8)–(9)):
   ½·a_k·(∂S[r+1, c] − ∂S[r−1, c]) for rows (columns alike), clipped to [−1, 1], times (d − 1) for the map from u to
   the index, and zero where the location is clamped;
-* alternating schedule (§4.3): step 0 trains coefficients only, then 30-step cycles of 10 coefficient-only and 20
-  location-only steps; after ``search_steps`` (≈10% of training) the locations freeze for good (then they are stored
-  as integers and only the n coefficients train). Locations have their own learning rate (1e-4 in the paper).
+* alternating schedule (§4.3; the official layer's ``_advance_schedule``): 30-step cycles starting at step 0, the
+  coefficients train at steps with ``step % 30 < 10`` and the locations at ``step % 30 >= 10``, until
+  ``search_steps`` (≈10% of training, the code's ``learn_location_iter``); from then on the locations are frozen for
+  good (stored as integers) and only the n coefficients train.
+* locations have their own learning rate (1e-4 in the paper). Adam moves a continuous location by about its rate
+  per step and one grid cell is 1/(d − 1) of its range, so an index moves by ≈ loc_lr·(d − 1) cells per location
+  step: ≈ 0.08 cells on a 768-wide layer at 1e-4, ≈ 0.006 on a 64-wide one (issue 14 measured 16 of 256 locations
+  changing cell in a 200-step run at 1e-4, against 243 at 1e-2), which is why the small-task presets raise
+  ``loc_lr``.
 
 Cost: the layer builds ΔW once per step (two dense products with the DCT matrices, built once as buffers) and runs
 one matmul with W0 + ΔW; the DCT of the gradient comes from autograd through those same products.
-Not confirmed: whether the finite difference uses ∂L/∂S or the DCT of ∂L/∂ΔW without α (a scale, absorbed by Adam).
+The finite difference is taken on ∂L/∂S (α times the DCT of ∂L/∂ΔW), as in the official layer.
 """
 
 from __future__ import annotations
@@ -116,8 +122,9 @@ class LoCA(Variant):
     Layer = LoCALayer
     dynamic = True
     example_config = {"n": 64, "loc_lr": 1e-2}
-    notes = ("Finite differences on ∂L/∂S (α·DCT of ∂L/∂ΔW); the 6% warmup of the paper's runs is not part of the "
-             "variant (our loop has none).")
+    notes = ("Finite differences on ∂L/∂S (α·DCT of ∂L/∂ΔW) and the 10/20-step alternation from step 0, as in the "
+             "official layer; an index moves ≈ loc_lr·(d−1) cells per location step, so the small-task presets raise "
+             "loc_lr; the 6% warmup of the paper's runs is not part of the variant (our loop has none).")
     presets = tuple(  # the same small-layer values on both synthetic and digits tasks
         Preset(task, config={"loc_lr": 1e-2, "search_fraction": 0.5},
                reason="loc_lr 1e-2, search 50%: one grid cell is 1/(d−1) of a location's range, and the "
@@ -126,7 +133,7 @@ class LoCA(Variant):
 
     def param_groups(self, adaptation, lr, weight_decay):
         layers = [layer for _, layer in adaptation.named_layers()]
-        for layer in layers:  # step 0 trains the coefficients only
+        for layer in layers:  # step 0 (0 % 30 < 10) trains the coefficients only
             layer.locations.requires_grad_(False)
         return [{"params": [l.coefficients for l in layers], "lr": lr, "weight_decay": weight_decay},
                 {"params": [l.locations for l in layers], "lr": self.config.loc_lr, "weight_decay": 0.0,
@@ -135,12 +142,15 @@ class LoCA(Variant):
     def search_steps(self, total_steps: int) -> int:
         return int(self.config.search_fraction * total_steps)
 
+    def locations_turn(self, step: int, total_steps: int) -> bool:
+        """Whether ``step`` (0-based) trains the locations: the official ``_advance_schedule``, whose first 30-step
+        cycle starts at step 0 (coefficients at ``step % 30 < 10``, locations at ``>= 10``) while searching."""
+        return step < self.search_steps(total_steps) and step % CYCLE >= COEF_STEPS
+
     def on_step(self, ctx):
-        adaptation, step = ctx.adaptation, ctx.step
-        """Set which tensors the *next* step trains: 10 coefficient steps, then 20 location steps, per cycle."""
-        nxt = step + 1
-        searching = nxt < self.search_steps(ctx.total_steps)
-        locations_turn = searching and nxt >= 1 and (nxt - 1) % CYCLE >= COEF_STEPS
+        """Set which tensors the *next* step trains (step 0 is set in ``param_groups``: coefficients)."""
+        adaptation = ctx.adaptation
+        locations_turn = self.locations_turn(ctx.step + 1, ctx.total_steps)
         for _, layer in adaptation.named_layers():
             layer.locations.requires_grad_(locations_turn)
             layer.coefficients.requires_grad_(not locations_turn)

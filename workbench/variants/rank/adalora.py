@@ -3,12 +3,17 @@
 Zhang et al., ICLR 2023, arXiv:2303.10512. ΔW = P Λ Q in SVD form (Eq. (3)): P ∈ R^{out×r}, Λ = diag(λ),
 Q ∈ R^{r×in}; λ starts at 0 and P, Q ~ N(0, 0.02²). Definitions and defaults follow PEFT 0.21's AdaLoRA
 (``tuners/adalora``): the update is scaled by α/(r + 1e-5) with α = ``alpha``, and ranks are masked (λ_k set to 0),
-never resized.
+never resized. One default differs: α = 32, the authors' (QingruZhang/AdaLoRA scripts: 32 for CoLA, MRPC, QNLI, RTE,
+STS-B and BART XSum with init_r 12 → target 8, the ranks used here; 16 for MNLI, QQP, SST-2, SQuAD), where PEFT's
+``AdaLoraConfig`` inherits LoRA's 8.
 
 * Importance (Eq. (8)–(10)): for every entry, I = |w·∇w|, smoothed Ī ← β1 Ī + (1−β1) I, uncertainty
   Ū ← β2 Ū + (1−β2)|I − Ī|, score s = Ī·Ū. A triplet's score is s(λ_k) + mean_i s(P_ik) + mean_j s(Q_kj) (Eq. (11)).
 * Budget (Eq. (12)): the total rank b(t) stays at r·modules for t ≤ tinit, falls cubically to target_r·modules by
-  T − tfinal, then stays; every deltaT steps the lowest-scoring triplets across *all* modules are masked.
+  T − tfinal, then stays; every deltaT steps the lowest-scoring triplets across *all* modules are masked, and at
+  t = T − tfinal the final mask is always applied, whether deltaT divides that step or not (PEFT's
+  ``update_and_allocate(..., force_mask=True)``); the scores stop updating there, so the masks of the last tfinal
+  steps are that final pattern (PEFT re-applies its saved ``rank_pattern``).
 * Regularizer (Eq. (4)): γ·mean over tensors of ‖PᵀP − I‖_F and ‖QQᵀ − I‖_F (PEFT's ``orth_reg_weight`` = 0.5).
 
 Tested against PEFT's AdaLoRA with the same tensors: forward, regularizer, budget schedule and masks.
@@ -34,7 +39,8 @@ PAPER = ("Zhang et al., 2023, Adaptive Budget Allocation for Parameter-Efficient
 class AdaLoRAConfig(VariantConfig):
     r: int = param(12, low=1, high=min, help="initial rank per module (PEFT's init_r)")
     target_r: int = param(8, low=1, high=min, help="average rank per module at the end (the final budget)")
-    alpha: float = param(32.0, low=0, low_open=True, help="scale: ΔW = alpha/(r + 1e-5) · P Λ Q")
+    alpha: float = param(32.0, low=0, low_open=True,
+                         help="scale: ΔW = alpha/(r + 1e-5) · P Λ Q (the authors' scripts' 32; PEFT's default is 8)")
     tinit: int = param(0, low=0, help="steps of full budget before pruning starts")
     tfinal: int = param(0, low=0, help="last steps trained at the final budget")
     delta_t: int = param(1, low=1, help="steps between two budget allocations (deltaT)")
@@ -116,7 +122,8 @@ class AdaLoRA(Variant):
     Layer = AdaLoRALayer
     dynamic = True
     example_config = {"r": 6, "target_r": 3}
-    notes = "Matches PEFT 0.21's AdaLoRA (scaling α/(r+1e-5), masking of λ, RankAllocator schedule)."
+    notes = ("Matches PEFT 0.21's AdaLoRA (scaling α/(r+1e-5), masking of λ, RankAllocator schedule, the final mask "
+             "forced at T − tfinal); α defaults to the authors' 32, not PEFT's 8.")
     presets = (
         Preset("synthetic:*", config={"target_r": 4, "tinit": 50, "tfinal": 50, "delta_t": 10,
                                       "orth_reg_weight": 0.001},
@@ -145,5 +152,5 @@ class AdaLoRA(Variant):
         if step < total - self.config.tfinal:
             self.allocator.update([p for layer in layers for p in (layer.lora_A, layer.lora_B, layer.gate)])
         budget, do_mask = self.allocator.budget(step)
-        if do_mask:
+        if do_mask or step == total - self.config.tfinal:  # PEFT forces the final mask at T − tfinal
             self.allocator.mask(layers, budget)

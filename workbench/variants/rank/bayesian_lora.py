@@ -5,13 +5,17 @@ levels and Rank Values through Differentiable Bayesian Gates", arXiv:2406.13046.
 SVD form (P, Q ~ N(0, 0.02²), λ = 0, scale α/r), where every rank k has a gate z_k ∈ [0, 1] with a hard-concrete
 distribution (Louizos et al., 2018, Eq. (10)–(13)): a learnable log α_k, temperature β = 2/3 and stretch
 (γ, ζ) = (−0.1, 1.1). Gates are sampled while training, s = σ((log u − log(1−u) + log α)/β), z = clip(s(ζ−γ)+γ, 0, 1),
-and at test time set to the deterministic ẑ = clip(σ(log α)(ζ−γ)+γ, 0, 1), thresholded at 0.5 to a hard 0/1.
+and at test time set to the deterministic ẑ = clip(σ(log α)(ζ−γ)+γ, 0, 1), thresholded at 0.5 to a hard 0/1. Only the
+training *forward pass* samples; ``factors()``, ``delta_weight()`` (so ``merge()``/``unmerge()``) and the probes use ẑ
+in either mode, so merging in training mode folds in the test-time ΔW and unmerging removes the same one.
 The loss adds λ_prior times the expected fraction of active rank parameters, Σ_k P(z_k ≠ 0)·cost_k / Σ_k cost_k with
 P(z_k ≠ 0) = σ(log α_k − β log(−γ/ζ)) and cost_k = d_in + d_out (the parameters a rank costs).
 
 Not implemented / not confirmed (the full text was not available here): the quantization-level gates (Bayesian-Bits
-style) that apply when the base model is quantized — this project's bases are not quantized; the exact prior and
-cost normalisation of the paper (bit-operations for quantization gates) — this uses the expected-parameters form.
+style: a gated sum of residuals x₂ + z₄(ε₄ + z₈(ε₈ + …)) per matrix, the abstract's "prior distribution on both
+quantization levels and rank values" and its ~70% fewer bit operations) — they wait for the quantizer that issue 20
+shares between QWHA and LQ-LoRA; the exact prior and cost normalisation of the paper (bit operations for
+quantization gates) — this uses the expected-parameters form.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...settings import Preset
@@ -57,18 +62,30 @@ class BayesianLoRALayer(GatedLowRankLayer):
     def scaling(self) -> float:
         return self.config.alpha / self.config.r
 
+    def sampled_gate(self) -> torch.Tensor:
+        """One hard-concrete draw z = clip(σ((log u − log(1−u) + log α)/β)(ζ−γ)+γ, 0, 1), differentiable in log α."""
+        u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / BETA)
+        return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+    def eval_gate(self) -> torch.Tensor:
+        """The deterministic test-time gate: ẑ = clip(σ(log α)(ζ−γ)+γ, 0, 1) thresholded at 0.5 to 0/1."""
+        z = (torch.sigmoid(self.log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+        return (z > 0.5).to(z.dtype)
+
     def gate_values(self) -> torch.Tensor:
-        """Sampled z while training; the thresholded deterministic gate at test time."""
-        if self.training:
-            u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
-            s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / BETA)
-        else:
-            s = torch.sigmoid(self.log_alpha)
-        z = (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
-        return z if self.training else (z > 0.5).to(z.dtype)
+        """What the forward pass uses: a fresh draw while training, the test-time gate otherwise."""
+        return self.sampled_gate() if self.training else self.eval_gate()
 
     def effective_gate(self) -> torch.Tensor:
-        return self.gate * self.gate_values()
+        """λ ⊙ ẑ with the deterministic gate: what ``factors()``, ``delta_weight()``, ``merge()`` and the probes see,
+        in either mode, so that merge and unmerge add and subtract the same ΔW."""
+        return self.gate * self.eval_gate()
+
+    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The only place a gate is sampled: training forwards draw z, eval forwards use ẑ."""
+        g = self.gate * self.gate_values()
+        return F.linear(F.linear(x, self.lora_A) * (g * self.scaling), self.lora_B)
 
     def active(self) -> torch.Tensor:
         with torch.no_grad():
@@ -92,7 +109,8 @@ class BayesianLoRA(Variant):
     dynamic = True
     example_config = {"r": 4}
     notes = ("Rank gates only: the quantization-level gates (for quantized bases) are not implemented; the prior is "
-             "the expected fraction of active rank parameters (paper's exact prior not confirmed).")
+             "the expected fraction of active rank parameters (paper's exact prior not confirmed). Gates are sampled "
+             "in the training forward pass only; factors(), delta_weight() and merge() use the test-time gate.")
     presets = (
         Preset("synthetic:*", config={"r": 16, "prior": 0.1}, settings={"steps": 600},
                reason="prior 0.1, 600 steps: gates start at log α = 3 and Adam moves log α about lr per step, so in "

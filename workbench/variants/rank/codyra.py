@@ -5,9 +5,18 @@ Models with Dynamic Rank-Selective LoRA", arXiv:2412.01004 (official code: Artif
 gets ΔW = B diag(g) A (scale 1, rank 16; A Kaiming-uniform, B = 0, g ~ N(0, 1); A, B and g all train). Per task:
 
 * the first half of training is dense;
-* then every optimizer step is followed by a soft threshold on all gates, g ← sign(g)·max(|g| − κ, 0), with κ
-  stepping up through 50 levels of linspace(0, κ_max) over the remaining steps (the code's raw κ, not scaled by the
-  learning rate; the paper calls it importance-aware sparsity-promoting regularisation);
+* then every optimizer step is followed by a threshold on all gates with the code's raw κ (not scaled by the
+  learning rate; the paper calls it importance-aware sparsity-promoting regularisation). κ steps up through
+  linspace(0, κ_max, 50) as in the code's ``train_model``, which raises its level index to 1 at iteration T_dense
+  (thresholding starts after it) and by one every (T − T_dense)/50 iterations, capped at κ_max; so the first
+  thresholded step already uses κ_max/49 (level 1; before issue 14 this started at level 0, κ = 0). The code's
+  integer interval ``(T − T_dense)//50`` is 0 for runs with fewer than 50 sparse steps, where its κ never leaves 0;
+  here the levels are spread over whatever steps there are, equal to the code when 50 divides T − T_dense and the
+  interval divides T_dense (T = 1000 and 600 are tested);
+* the threshold form (``shrink``): the code does not soft-threshold but applies three in-place masked updates,
+  g[g > κ] −= κ; g[g < −κ] += κ; g[|g| < κ] = 0, which zeroes every |g| < 2κ (a dead zone of 2κ); that is the
+  default here (``shrink="three-mask"``), since this variant follows the released code where the paper gives no
+  operator; ``shrink="soft"`` is the proximal soft threshold sign(g)·max(|g| − κ, 0);
 * at the end of the task, ranks with g = 0 are dropped and B diag(g) A is merged into W (``merge_and_unload()``), and
   the next task starts a fresh adapter: no replay and no inference overhead.
 
@@ -25,7 +34,7 @@ import torch
 from torch import nn
 
 from ...variant import Variant, VariantConfig, param, register
-from .gated import GatedLowRankLayer
+from .gated import SHRINKS, GatedLowRankLayer, shrink_
 
 PAPER = ("Lu et al., 2024, Adaptive Rank, Reduced Forgetting: Knowledge Retention in Continual Learning "
          "Vision-Language Models with Dynamic Rank-Selective LoRA, arXiv:2412.01004")
@@ -35,8 +44,11 @@ LEVELS = 50
 @dataclass
 class CoDyRAConfig(VariantConfig):
     r: int = param(16, low=1, high=min, help="rank per module (per task)")
-    kappa_max: float = param(5e-3, low=0.0, help="largest soft threshold κ (the script's 0.005)")
+    kappa_max: float = param(5e-3, low=0.0, help="largest threshold κ (the script's 0.005)")
     dense_fraction: float = param(0.5, low=0.0, high=1.0, help="fraction of each task trained without thresholding")
+    shrink: str = param("three-mask", choices=SHRINKS,
+                        help="three-mask: the code's three in-place masked updates (dead zone 2κ); soft: the proximal "
+                             "soft threshold")
 
 
 class CoDyRALayer(GatedLowRankLayer):
@@ -63,13 +75,17 @@ class CoDyRA(Variant):
     Layer = CoDyRALayer
     dynamic = True
     example_config = {"r": 4, "kappa_max": 0.05}
-    notes = "Raw κ threshold as in the code; the CLIP image-text losses are replaced by each task's own loss."
+    notes = ("Raw κ threshold, its 50 levels starting at level 1 on the first thresholded step, and the three "
+             "in-place masks (dead zone 2κ; shrink='soft' for the proximal form), as in the code; the CLIP image-text "
+             "losses are replaced by each task's own loss.")
 
     def kappa(self, step: int, total: int) -> float:
+        """κ after optimizer step ``step`` (0-based): 0 through the dense phase (the code prunes at steps > T_dense),
+        then linspace(0, κ_max, 50)[level] with level = 1 + (step − T_dense)·50 // (T − T_dense), capped at 49."""
         dense = int(self.config.dense_fraction * total)
-        if step < dense:
+        if step <= dense:
             return 0.0
-        level = min(LEVELS - 1, (step - dense) * LEVELS // max(total - dense, 1))
+        level = min(LEVELS - 1, 1 + (step - dense) * LEVELS // max(total - dense, 1))
         return self.config.kappa_max * level / (LEVELS - 1)
 
     def on_step(self, ctx):
@@ -77,10 +93,7 @@ class CoDyRA(Variant):
         kappa = self.kappa(step, ctx.total_steps)
         if kappa == 0:
             return
-        with torch.no_grad():
-            for _, layer in adaptation.named_layers():
-                g = layer.gate
-                g.copy_(torch.sign(g) * torch.clamp(g.abs() - kappa, min=0))
+        shrink_([layer.gate for _, layer in adaptation.named_layers()], kappa, self.config.shrink)
 
 
 def train_continual(stages, variant: str, *, steps: int, lr: float, seed: int = 0, **config) -> pd.DataFrame:

@@ -9,6 +9,9 @@ discretised, with weight sharing:
 2. **discretise**: the top ``keep`` fraction of modules by γ get γ = 1, the others γ = 0 (their A, B and a freeze);
 3. **weight sharing**: the selected modules keep the LoRA weights learned during the search and train on.
 
+``inspect()`` reports ``rank`` = r for every module while searching (each one contributes γ·s·BA) and r·decision
+after discretisation; γ itself is the ``gates`` view.
+
 Not confirmed (the paper's details were not recovered here): the keep ratio, the search length, whether the search
 is bilevel (logits on held-out batches) and the gate parameterisation; all are config fields or our choices.
 """
@@ -50,8 +53,12 @@ class DiffoRALayer(LoRALayer):
         return b * self.gamma(), a
 
     def inspect(self):
+        """``gates``: γ (σ(a) while searching, the 0/1 decision after); ``rank``: the rank the module's update
+        actually has, r while searching (every module contributes γ·s·BA, γ = σ(0) = 0.5 at the start) and
+        r·decision after discretisation."""
+        rank = self.config.r if self.decision < 0 else self.config.r * float(self.decision)
         return {**super().inspect(), "gates": self.gamma().detach().reshape(1).clone(),
-                "rank": torch.tensor(float(self.config.r) * float(self.gamma() > 0.5))}
+                "rank": torch.tensor(float(rank))}
 
 
 @register("diffora", family="rank", paper=PAPER)
@@ -65,7 +72,8 @@ class DiffoRA(Variant):
     Layer = DiffoRALayer
     dynamic = True
     example_config = {"r": 4, "keep": 0.5}
-    notes = "Single-level search; keep ratio and search length are config fields (paper details not recovered)."
+    notes = ("Single-level search; keep ratio and search length are config fields (paper details not recovered). "
+             "The rank view is r while searching and r·decision after; γ is the gate view.")
 
     def on_step(self, ctx):
         adaptation, step, total = ctx.adaptation, ctx.step, ctx.total_steps

@@ -99,11 +99,34 @@ def with_gate_group(adaptation, gates: list[nn.Parameter], lr: float, weight_dec
             {"params": gates, "lr": lr, "weight_decay": 0.0, "name": "gates"}]
 
 
-def soft_threshold_(gates: list[torch.Tensor], optimizer: torch.optim.Optimizer, strength: float) -> None:
-    """The proximal step of strength·‖g‖₁: g ← sign(g)·max(|g| − η·strength, 0), η the gates' learning rate."""
-    group = next((g for g in optimizer.param_groups if g.get("name") == "gates"), optimizer.param_groups[0])
-    threshold = group["lr"] * strength
+SHRINKS = ("soft", "three-mask")
+
+
+def shrink_(gates: list[torch.Tensor], threshold: float, form: str = "soft") -> None:
+    """Shrink trainable gates in place by ``threshold`` = ξ.
+
+    * ``"soft"``: the proximal operator of ξ‖g‖₁, g ← sign(g)·max(|g| − ξ, 0) (SoRA's Eq. (6)–(7)).
+    * ``"three-mask"``: the released SoRA and CoDyRA code, three in-place masked updates in sequence,
+      g[g > ξ] −= ξ; g[g < −ξ] += ξ; g[|g| < ξ] = 0. The last mask re-tests the already shifted values, so every g
+      with ξ < |g| < 2ξ is zeroed too: a dead zone of 2ξ (|g| ≥ 2ξ still loses ξ, and |g| = ξ exactly is kept).
+    """
+    if form not in SHRINKS:
+        raise ValueError(f"shrink: form={form!r} is invalid; form must be one of {SHRINKS}")
     with torch.no_grad():
         for g in gates:
-            if g.requires_grad:
+            if not g.requires_grad:
+                continue
+            if form == "soft":
                 g.copy_(torch.sign(g) * torch.clamp(g.abs() - threshold, min=0))
+            else:
+                g[g > threshold] -= threshold
+                g[g < -threshold] += threshold
+                g[g.abs() < threshold] = 0.0
+
+
+def soft_threshold_(gates: list[torch.Tensor], optimizer: torch.optim.Optimizer, strength: float,
+                    form: str = "soft") -> None:
+    """The proximal step of strength·‖g‖₁ with threshold η·strength, η the gates' learning rate (``form``: see
+    :func:`shrink_`)."""
+    group = next((g for g in optimizer.param_groups if g.get("name") == "gates"), optimizer.param_groups[0])
+    shrink_(gates, group["lr"] * strength, form)

@@ -8,9 +8,15 @@ are *added* where they matter, until a total budget is spent.
 * Importance of a module (Eq. (5)–(7)): S = Σ|ΔW ⊙ ∂L/∂ΔW| / √(d_out·d_in), smoothed Ī ← β1 Ī + (1−β1)S and
   Ū ← β2 Ū + (1−β2)|S − Ī| with β1 = β2 = 0.85; the score is Ī·Ū. ∂L/∂ΔW is the full-weight gradient G, taken from
   the layer's input and output gradient with hooks (the code hooks the materialised ΔW) while the budget is open.
-* Allocation (Algorithm 1): after ``warmup`` steps, every ``interval`` steps the ``top_h`` best-scoring modules get
-  k more ranks each (k = target_rank/2, the code's {2:1, 4:2, 6:3, 8:4}), until the budget target_rank × modules
-  is spent.
+* Allocation (Algorithm 1): the ``top_h`` best-scoring modules get k more ranks each (k = target_rank/2, the code's
+  {2:1, 4:2, 6:3, 8:4}), until the budget target_rank × modules is spent, at the official allocator's steps:
+  ``global_step > init_warmup and global_step % incre_interval == 0``. The code calls its allocator inside update
+  g (0-based; ``global_step`` = g updates done so far), after that update's backward and before its optimizer
+  step, so a new rank first gets a gradient in update g + 1; here ``on_step`` runs after update ``ctx.step`` with
+  the same score history (the batch of update g included), so growing in ``on_step`` at ``ctx.step == g`` gives
+  the same trajectory: the rule is applied to ``ctx.step`` itself. With warm-up = interval = 50 (the scripts set
+  both equal) a 200-step run grows after steps 100 and 150, and never in ``on_step`` of the last update (the code
+  would grow there too when T − 1 is a multiple of the interval, adding ranks that never train).
 * "Advance learning" (§3.3): every module carries k reserve components whose a and b already train while their e is
   held at 1e-5; a selected module's reserve becomes active (e trainable) and a fresh reserve is appended. When the
   budget is spent the reserves' e are set to 0 and the hooks removed.
@@ -18,7 +24,9 @@ are *added* where they matter, until a total budget is spent.
   moments and, as the code's ``multi_lr`` scheduler gives them, a learning rate that warms up linearly from 0 over
   ``rank_warmup`` steps (the scripts use warmup_steps = init_warmup) and then follows the main group's (constant in
   ``train()``; the code decays both linearly).
-* Regularizer: 0.1 · mean over modules of ‖AAᵀ − I‖_F + ‖BᵀB − I‖_F over all components, reserves included.
+* Regularizer (the trainer's ``compute_svd_orth_regu``): 0.1 · Σ_modules (‖AAᵀ − I‖_F + ‖BᵀB − I‖_F) / (2 ·
+  modules), over all components, reserves included: the norms summed and divided by the number of *matrices*,
+  as PEFT's AdaLoRA does (before issue 14 it was divided by the number of modules, twice the penalty).
 
 Checked against the official code (``loralib/increlora.py``, ``transformers/optimization.py``, the GLUE scripts):
 the score Σ|ΔW|·|∂L/∂ΔW|/√(d_out·d_in) from a backward hook on the materialised ΔW (here ΔW as the forward saw it,
@@ -28,15 +36,16 @@ the start rank ``lora_r`` = 1 of every script. Differences: the code can oversho
 top_h·k ranks remain (it grows top_h modules anyway); here growth stops at the budget.
 
 On ``synthetic:mixed`` its allocation does not follow the true ranks (Spearman from −0.83 to 0.85, mean 0.00, over
-4 seeds × 6 schedules; notebook 02 shows why). Started at rank 1, every layer of the chain learns the best rank-1
-correction *of the network*, not its own update. With the paper's penalty γ = 0.1, before the first growth (step 80)
-the layer whose true update is zero has ‖ΔW‖ = 0.83, the rank-8 and rank-16 layers 0.01 and 0.04 (a test holds
-this); with the synthetic preset's γ = 0.001 all layers move, and the zero layer still has the largest ΔW (notebook
-02, step 40: 1.54 against 1.02 and 1.09). The score Σ|ΔW ⊙ G|, how much a module's current adapter contributes,
+4 seeds × 6 schedules, measured before issue 14's fixes; notebook 02 shows why). Started at rank 1, every layer of
+the chain learns the best rank-1 correction *of the network*, not its own update. With the paper's penalty γ = 0.1,
+before the first growth (step 80) the layer whose true update is zero has ‖ΔW‖ = 1.42, the rank-8 and rank-16 layers
+0.02 and 0.14 (a test holds this; 0.83, 0.01 and 0.04 with the doubled penalty before issue 14); with the synthetic
+preset's γ = 0.001 all layers move, and the zero layer still has the largest ΔW (notebook 02, step 40: 1.54 against
+1.02 and 1.09 before issue 14). The score Σ|ΔW ⊙ G|, how much a module's current adapter contributes,
 then grows the modules that compensate. Methods that start wide and prune (SoRA, AdaLoRA) see every layer's own
 update first. On the same six updates laid side by side (``layout="parallel"``), where no layer can compensate for
-another, the allocation follows the truth: Spearman 0.85 on seeds 0, 1 and 2 with the preset (0.94, 0.83, 0.83,
-0.83 on seeds 0–3 with the notebook's earlier hand-set values).
+another, the allocation follows the truth: Spearman 0.85 on seeds 0, 1 and 2 with the preset (ranks 9, 1, 11, 1, 1,
+1 against the truth 8, 1, 16, 0, 4, 2; rel_error 0.025, 0.021 before issue 14's schedule and penalty fixes).
 """
 
 from __future__ import annotations
@@ -62,8 +71,8 @@ class IncreLoRAConfig(VariantConfig):
     init_r: int = param(1, low=1, high=min, help="rank every module starts at (the code's lora_r; its scripts use 1)")
     alpha: float = param(16.0, low=0, low_open=True, help="scale numerator: ΔW = alpha/ρ · B diag(e) A")
     top_h: int = param(2, low=1, help="modules that grow at each allocation")
-    warmup: int = param(50, low=0, help="steps before the first allocation (init_warmup)")
-    interval: int = param(50, low=1, help="steps between allocations (incre_interval)")
+    warmup: int = param(50, low=0, help="init_warmup: allocations happen only at steps > warmup")
+    interval: int = param(50, low=1, help="incre_interval: allocations at steps that are multiples of it")
     beta1: float = param(0.85, low=0.0, high=1.0, low_open=True, help="EMA factor of the importance")
     beta2: float = param(0.85, low=0.0, high=1.0, low_open=True, help="EMA factor of the uncertainty")
     rank_warmup: int = param(50, low=0, help="steps over which new ranks' learning rate warms up from 0 (multi_lr)")
@@ -196,15 +205,17 @@ class IncreLoRA(Variant):
     dynamic = True
     example_config = {"target_rank": 4, "warmup": 1, "interval": 2}
     budget_field = "target_rank"  # the paper's budget: average rank per module once growth stops
-    notes = ("Score, scale, selection, reserves and the new ranks' own optimizer group (fresh moments, warmup) "
-             "follow the official code. On synthetic:mixed's chain its allocation does not track the true ranks: "
+    notes = ("Score, scale, selection, reserves, the new ranks' own optimizer group (fresh moments, warmup), the "
+             "growth steps (step > warmup, step % interval == 0, never after the last update) and the orthogonality "
+             "penalty over 2 matrices per module follow the official code; growth stops at the budget where the "
+             "code can overshoot it. On synthetic:mixed's chain its allocation does not track the true ranks: "
              "growing from rank 1, the layers that compensate for their neighbours score highest; on "
              "layout='parallel' it does (notebook 02).")
     presets = (
         Preset("synthetic:*", config={"interval": 25, "orth_reg_weight": 0.001},
                reason="interval 25: at the scripts' 50 the budget is not spent in 200 steps; γ 0.001: the "
                       "unsquared ‖AAᵀ−I‖ pull at 0.1 outweighs a 64-wide layer's loss gradient (parallel: rel_error "
-                      "0.065 vs 0.021)"),
+                      "0.064 vs 0.025)"),
     )
 
     def __init__(self, config):
@@ -221,7 +232,7 @@ class IncreLoRA(Variant):
         if self.config.orth_reg_weight == 0:
             return None
         layers = [layer for _, layer in adaptation.named_layers()]
-        return orthogonality_regularizer(layers, self.config.orth_reg_weight, per="module")
+        return orthogonality_regularizer(layers, self.config.orth_reg_weight, per="matrix")  # 2 per module
 
     def on_step(self, ctx):
         adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
@@ -236,7 +247,7 @@ class IncreLoRA(Variant):
                 continue
             self.importance.update(name, s)
         budget = c.target_rank * len(layers)
-        if step + 1 < c.warmup or (step + 1 - c.warmup) % c.interval != 0:
+        if not self.grows_at(step, ctx.total_steps):
             return
         spent = sum(layer.rank for layer in layers.values())
         scores = sorted(layers, key=self.importance.score, reverse=True)
@@ -252,6 +263,12 @@ class IncreLoRA(Variant):
             self.open = False
             for layer in layers.values():
                 layer.close_reserve()
+
+    def grows_at(self, step: int, total_steps: int) -> bool:
+        """The official allocator's rule, ``global_step > init_warmup and global_step % incre_interval == 0``, on the
+        0-based step just taken (see the module docstring), never after the run's last update."""
+        c = self.config
+        return c.warmup < step < total_steps - 1 and step % c.interval == 0
 
     def _add_group(self, optimizer, params, step):
         """The code's ``optimizer.add_param_group`` (fresh Adam moments) under ``multi_lr``: the group's rate warms

@@ -16,10 +16,15 @@ across the run, a continuous version of the paper's phases.
 After training, :func:`compact` drops the zeroed ranks and folds g into B (§3.3): a plain LoRA of rank nnz(g) per
 module with identical outputs.
 
-Simplified or not confirmed: the released code uses the threshold ξ as a raw constant per step (``sparse_lambda_2``)
-and adds an extra λ_L1·mean|g| term to the loss; this follows the paper's proximal form (threshold η·λ) and has no
-extra L1 term. The phase-wise restarts of Algorithm 1 (with memorisation/generalisation logging per phase) are
-replaced by the continuous ramp.
+Simplified or not confirmed: the released code uses the threshold ξ as a raw constant per step (``sparse_lambda_2``;
+its ``sparse_optimizer_multiply_lr.py`` uses η·ξ, as here) and adds an extra λ_L1·mean|g| term to the loss; this
+follows the paper's proximal form (threshold η·λ) and has no extra L1 term. The released optimizer also does not
+apply the soft threshold itself but three in-place masked updates in sequence (g[g > ξ] −= ξ; g[g < −ξ] += ξ;
+g[|g| < ξ] = 0), whose last mask re-tests the shifted values: every |g| < 2ξ ends at zero, a dead zone twice the
+proximal one, with a jump from 0 to ±ξ at |g| = 2ξ. ``shrink="three-mask"`` runs that form (same ξ = η·λ);
+the default stays ``"soft"``, the proximal operator of the L1 penalty that the paper's Eq. (6)–(7) and its analysis
+use, which is the form that defines the method rather than a detail of one implementation. The phase-wise
+restarts of Algorithm 1 (with memorisation/generalisation logging per phase) are replaced by the continuous ramp.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from torch import nn
 
 from ...settings import Preset
 from ...variant import Variant, VariantConfig, param, register
-from .gated import GatedLowRankLayer, soft_threshold_, with_gate_group
+from .gated import SHRINKS, GatedLowRankLayer, soft_threshold_, with_gate_group
 
 PAPER = "Ding et al., 2023, Sparse Low-rank Adaptation of Pre-trained Language Models, EMNLP 2023, arXiv:2311.11696"
 
@@ -46,6 +51,9 @@ class SoRAConfig(VariantConfig):
                                                    "growing to undo the shrinking gate")
     schedule: str = param("constant", choices=("constant", "linear"),
                           help="λ constant, or ramped from 0 to lam over training (sparsifying scheduler)")
+    shrink: str = param("soft", choices=SHRINKS,
+                        help="soft: the paper's proximal soft threshold; three-mask: the released optimizer's three "
+                             "in-place masked updates (dead zone 2ξ)")
 
 
 class SoRALayer(GatedLowRankLayer):
@@ -89,7 +97,9 @@ class SoRA(Variant):
     dynamic = True
     example_config = {"r": 6, "lam": 0.5}
     notes = ("Proximal threshold η·λ as in the paper (the code's raw per-step ξ and extra L1 loss term are not used); "
-             "the phase-wise sparsifying scheduler is a continuous linear ramp of λ.")
+             "the default shrink is the paper's soft threshold, and shrink='three-mask' runs the released optimizer's "
+             "three in-place masks (dead zone 2ξ); the phase-wise sparsifying scheduler is a continuous linear ramp "
+             "of λ.")
     presets = (
         Preset("synthetic:*", config={"r": 16, "lam": 0.5}, settings={"steps": 400},
                reason="λ 0.5, r_max 16, 400 steps: the threshold is lr·λ per step, and at the paper's λ 0.1 (tuned "
@@ -108,6 +118,6 @@ class SoRA(Variant):
     def on_step(self, ctx):
         adaptation, step, optimizer = ctx.adaptation, ctx.step, ctx.optimizer
         gates = [layer.gate for _, layer in adaptation.named_layers()]
-        soft_threshold_(gates, optimizer, self.current_lambda(step, ctx.total_steps))
+        soft_threshold_(gates, optimizer, self.current_lambda(step, ctx.total_steps), self.config.shrink)
 
 __all__ = ["SoRA", "SoRALayer", "compact"]
