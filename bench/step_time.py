@@ -11,6 +11,11 @@ Timings interleave the candidates round-robin and report medians, so machine noi
 
     python bench/step_time.py                      # every registered variant
     python bench/step_time.py lora dora --csv out.csv
+    python bench/step_time.py lora --recipes      # + each recipe with LoRA, as a ratio to LoRA with AdamW
+
+Recipe rows (``lora+<recipe>``) run the recipe's own step (``Recipe.step(closure)``: perturbations, projections,
+LoRA-Pro's full-size moments) and are reported as ``ratio_to_adamw``: the step time over LoRA with AdamW's, measured
+in the same round-robin. Targets (issue 18): ALLoRA, AltLoRA and MGPO <= 1.15x; LoRA-Pro <= 2x.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 
 import workbench as wb
 from workbench.events import StepContext
-from workbench.recipes import get_recipe
+from workbench.recipes import get_recipe, recipe_names
 
 BATCH, TOKENS = 16, 64
 TARGETS = ["*.attention.self.query", "*.attention.self.key", "*.attention.self.value", "*.attention.output.dense"]
@@ -98,6 +103,22 @@ def ours(base, emb, name):
     return adapter_step(model, emb, on_step=on_step, opt=opt)
 
 
+def with_recipe(base, emb, recipe: str, variant: str = "lora"):
+    """LoRA (paper defaults, r=8) trained by ``recipe``: its optimizer and its step, as train() runs them."""
+    model = copy.deepcopy(base)
+    ad = wb.adapt(model, variant, TARGETS)
+    ad.train()
+    rec = get_recipe(recipe)(ad, 1e-4)
+
+    def closure():
+        rec.optimizer.zero_grad(set_to_none=True)
+        loss = model(inputs_embeds=emb).last_hidden_state.square().mean()
+        loss.backward()
+        return loss
+
+    return lambda: rec.step(closure)
+
+
 def theirs(base, emb, name):
     import peft
 
@@ -125,6 +146,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--csv", type=Path, help="also write the table as CSV")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recipes", nargs="*", default=None,
+                    help="add lora+<recipe> rows (no names: every registered recipe but adamw)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -144,6 +167,12 @@ def main(argv=None) -> None:
                 steps[f"peft:{name}"] = theirs(base, emb, name)
             except Exception as exc:  # noqa: BLE001
                 skipped[f"peft:{name}"] = f"{type(exc).__name__}: {exc}"
+    recipes = None if args.recipes is None else (args.recipes or [r for r in recipe_names() if r != "adamw"])
+    for recipe in (["adamw", *recipes] if recipes is not None else []):
+        try:
+            steps[f"lora+{recipe}"] = with_recipe(base, emb, recipe)
+        except Exception as exc:  # noqa: BLE001
+            skipped[f"lora+{recipe}"] = f"{type(exc).__name__}: {exc}"
     t = measure(steps, args.repeats)
     rows = []
     for name in names:
@@ -155,6 +184,12 @@ def main(argv=None) -> None:
                      "peft_ratio_to_floor": (peft_t / t["floor"]) if peft_t else None})
     import pandas as pd
 
+    adamw = t.get("lora+adamw")
+    for recipe in (["adamw", *recipes] if recipes is not None else []):
+        key = f"lora+{recipe}"
+        if key in t:
+            rows.append({"variant": key, "seconds": t[key], "ratio_to_floor": t[key] / t["floor"],
+                         "ratio_to_adamw": t[key] / adamw if adamw else None})
     df = pd.DataFrame(rows)
     print(f"all-MiniLM-L6-v2, batch {BATCH}x{TOKENS}, {args.threads} threads, median of {args.repeats}; "
           f"floor (frozen forward + input-backward) = {1000 * t['floor']:.1f} ms")

@@ -242,3 +242,22 @@ def test_tlora_offers_the_published_lora_residual():
         torch.testing.assert_close(layer.effective_weight(), reference)
     wide = wb.adapt(torch.nn.Sequential(torch.nn.Linear(768, 64)), "tlora", ["0"], r=16, addition_part="lora")
     assert float(wide.layer("0").lora_A.detach().std()) == pytest.approx(1 / math.sqrt(3 * 768), rel=0.05)
+
+
+def test_compare_budgets_on_saved_numbers_and_runs_report_them():
+    # LoRA-XS trains r² numbers per layer but saves its frozen SVD factors too: budgeting on what is saved picks a
+    # much smaller r than budgeting on what trains, and every run's summary reports both counts
+    from workbench.budget import saved_numbers
+
+    def chosen(budget_on):
+        table = wb.compare("synthetic:lowrank", ["lora-xs"], budget=1056, budget_on=budget_on, lr=1e-2, steps=2,
+                           probes=None).table
+        return table.iloc[0]
+
+    on_saved, on_trainable = chosen("saved"), chosen("trainable")
+    assert int(on_saved["trainable_params"]) < int(on_trainable["trainable_params"])
+    run = wb.train("synthetic:lowrank", "lora-xs", steps=2, r=4, probes=None, progress=False)
+    layers = len(run.adaptation.module_names)
+    assert run.summary["trainable_params"] == 16 * layers
+    assert run.summary["saved_numbers"] == saved_numbers(run.adaptation) == 1056
+    assert int(on_saved["trainable_params"]) == 16 * layers  # r = 4 saves exactly the budget

@@ -10,6 +10,7 @@ The public API (see docs/DESIGN.md)::
 
 # Import the variant and recipe packages first: this registers every method. ``workbench.variants`` stays the
 # package; calling it (the old spelling of ``variant_infos()``) still works, with a DeprecationWarning.
+# ``workbench.recipes`` is the recipes package, and calling it, ``wb.recipes()``, lists the recipes (RecipeInfo).
 from . import recipes, variants  # noqa: F401  isort: skip
 from . import figures, tasks
 from .adapt import Adaptation, adapt, load_adaptation, match_targets
@@ -17,6 +18,7 @@ from .compare import Comparison, compare
 from .errors import ConfigError
 from .events import Callback, StepContext, TrainControl
 from .options import Options, param
+from .recipes import RecipeInfo, get_recipe, recipe_infos, recipe_names
 from .runs import Run, RunStore
 from .settings import Preset, TrainSettings
 from .train import train
@@ -38,4 +40,5 @@ __version__ = "0.1.0"
 __all__ = ["ConfigError", "Options", "param", "Shared", "Variant", "VariantConfig", "VariantInfo", "VariantLayer",
            "get_variant", "register", "variant_infos", "variant_names", "variant_table", "variants", "Adaptation",
            "adapt", "load_adaptation", "match_targets", "tasks", "figures", "train", "compare", "Comparison", "Run",
-           "RunStore", "TrainSettings", "Preset", "TrainControl", "StepContext", "Callback", "__version__"]
+           "RunStore", "TrainSettings", "recipes", "recipe_infos", "recipe_names", "get_recipe", "RecipeInfo",
+           "Preset", "TrainControl", "StepContext", "Callback", "__version__"]

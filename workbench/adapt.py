@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from . import rng
 from .errors import ConfigError
 from .io import atomic_save_safetensors, atomic_write_json
 from .memory import check_adaptation
@@ -281,16 +282,21 @@ def adapt(model: nn.Module, variant: str | type[Variant], targets: str | Iterabl
         p.requires_grad_(False)
 
     var = cls(cfg)
+    # each layer draws from its own seeded stream (workbench.rng), private to this thread: concurrent adapt() calls
+    # give the same tensors as a solo one. The global generator is seeded too, with the same seed, for code that
+    # draws without a generator (a plug-in variant's nn.init call); that part is only as safe as torch's global.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_layer_seed(seed, -1))
-        shared = cls.SharedModule(cfg, shapes, seed) if cls.SharedModule is not None else None
+        with rng.seeded(_layer_seed(seed, -1)):
+            torch.manual_seed(_layer_seed(seed, -1))
+            shared = cls.SharedModule(cfg, shapes, seed) if cls.SharedModule is not None else None
         device = next(iter(modules.values())).weight.device
         if shared is not None:
             shared.to(device)
         layers = {}
         for i, (n, m) in enumerate(modules.items()):
-            torch.manual_seed(_layer_seed(seed, i))
-            layer = cls.Layer(m, cfg, shared=shared, name=n)
+            with rng.seeded(_layer_seed(seed, i)):
+                torch.manual_seed(_layer_seed(seed, i))
+                layer = cls.Layer(m, cfg, shared=shared, name=n)
             layer.to(device).train(m.training)  # a fresh module is in training mode; follow the one it wraps
             layers[n] = layer
     for n, layer in layers.items():

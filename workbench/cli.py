@@ -52,6 +52,15 @@ def _train_inputs(args, variant: str | None = None) -> dict:
         out["task_options"] = cls.option_class.from_strings(options) if cls.option_class else options
     if variant is not None:
         out["config"] = get_variant(variant).Config.from_strings(_pairs("--set", args.set))
+    recipe_pairs = _pairs("--recipe-option", getattr(args, "recipe_option", None))
+    if recipe_pairs:
+        from .recipes import get_recipe
+
+        recipe = given.get("recipe") or (get_variant(variant).default_recipe if variant else None)
+        if recipe is None:
+            raise ConfigError("--recipe-option needs --recipe NAME (the recipe whose options they are)")
+        cls = get_recipe(recipe)
+        out["recipe_options"] = cls.Config.from_strings(recipe_pairs, cls.name)
     return out
 
 
@@ -67,6 +76,16 @@ def cmd_list(args) -> None:
     t = variant_table()
     _print(t[["name", "family", "linear_delta", "dynamic", "paper"]])
     print("\ntasks:", ", ".join(tasks.names()))
+
+
+def cmd_recipes(args) -> None:
+    from .options import allowed
+    from .recipes import recipe_infos
+
+    for info in recipe_infos():
+        print(f"{info.name}: {info.paper}" + ("  [needs LoRA factors]" if info.needs_factors else ""))
+        for f in info.fields():
+            print(f"    {f['name']} = {f['default']!r}  ({allowed(f)}) {f['help']}")
 
 
 def cmd_run(args) -> None:
@@ -143,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("list", help="registered variants and tasks").set_defaults(fn=cmd_list)
+    sub.add_parser("recipes", help="optimizer recipes, their papers and options").set_defaults(fn=cmd_recipes)
 
     r = sub.add_parser("run", help="train one variant on one task")
     r.add_argument("task")
@@ -150,13 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="variant hyper-parameters, e.g. r=8 alpha=16")
     r.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="task options, e.g. layout=parallel noise=0.1")
     r.add_argument("--no-presets", action="store_true", help="ignore the variant's preset for the task")
+    r.add_argument("--recipe-option", nargs="*", metavar="KEY=VALUE",
+                   help="options of the --recipe, e.g. mode=alternate period=10 (see `workbench recipes`)")
     r.add_argument("--runs", default="runs", help="run store folder")
     _add_settings_flags(r)
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("compare", help="several variants side by side on one task")
     c.add_argument("task")
-    c.add_argument("variants", nargs="+")
+    c.add_argument("variants", nargs="+", help="variant names or variant+recipe pairs, e.g. lora lora+altlora")
     c.add_argument("--lr", default="sweep", help="a number, or 'sweep' (rates around the task's default)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
     c.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="task options, e.g. layout=parallel noise=0.1")

@@ -23,7 +23,7 @@ from .settings import resolve
 from .train import train
 from .variant import get_variant
 
-__all__ = ["compare", "Comparison", "config_for_budget", "match_budget", "BudgetMatch", "BudgetWarning",
+__all__ = ["compare", "Comparison", "parse_entry", "config_for_budget", "match_budget", "BudgetMatch", "BudgetWarning",
            "DEFAULT_LRS"]
 
 #: a sweep's rates, as multiples of the rate the variant would train with on the task (its preset's, else the task's)
@@ -58,31 +58,58 @@ def _better(task, a: float | None, b: float | None) -> bool:
     return a > b if getattr(task, "higher_is_better", False) else a < b
 
 
-def _row(run: Run) -> dict[str, Any]:
+def _row(run: Run, label: str | None = None) -> dict[str, Any]:
     s = run.summary
-    return {"variant": run.variant, "seed": run.config.get("seed"), "lr": run.config.get("lr"),
-            "trainable_params": s.get("trainable_params"), "final_loss": s.get("final_loss"),
-            "metric": s.get("metric"), "metric_value": s.get("metric_value"),
+    return {"variant": label or _label(run), "recipe": run.config.get("recipe"), "seed": run.config.get("seed"),
+            "lr": run.config.get("lr"), "trainable_params": s.get("trainable_params"),
+            "final_loss": s.get("final_loss"), "metric": s.get("metric"), "metric_value": s.get("metric_value"),
             "seconds_per_step": s.get("seconds_per_step"), "status": run.status, "run_id": run.id,
             "config": run.config.get("config")}
 
 
-def compare(task, variants: Sequence[str], *, budget: int | None = None,
+def _label(run: Run) -> str:
+    """The comparison's name of a run: the variant, with ``+recipe`` when the run chose a recipe explicitly."""
+    recipe = (run.config.get("settings") or {}).get("recipe")
+    return f"{run.variant}+{recipe}" if recipe else run.variant
+
+
+def parse_entry(entry: str) -> tuple[str, str | None]:
+    """``"lora+altlora"`` → ``("lora", "altlora")``; ``"lora"`` → ``("lora", None)``. The recipe is everything after
+    the first ``+`` (so ``"lora+altlora+"`` is LoRA trained by AltLoRA+). Unknown names are ConfigErrors."""
+    from .recipes import get_recipe
+
+    variant, plus, recipe = str(entry).partition("+")
+    get_variant(variant)
+    if plus and not recipe:
+        raise ConfigError(f"compare: {entry!r} names no recipe after '+'; write variant+recipe, e.g. 'lora+altlora'")
+    if recipe:
+        get_recipe(recipe)
+    return variant, recipe or None
+
+
+def compare(task, variants: Sequence[str], *, budget: int | None = None, budget_on: str = "trainable",
             lr: float | str | dict[str, float] = "sweep", lrs: Iterable[float] | None = None,
             seeds: Iterable[int] = (0,), steps: int | None = None, configs: dict[str, dict] | None = None,
             executor: str = "local", store: RunStore | str | None = None,
-            callback: Callable[[dict], None] | None = None, **common) -> Comparison:
+            callback: Callable[[dict], None] | None = None, recipe_options: dict[str, dict] | None = None,
+            **common) -> Comparison:
     """Train every variant in ``variants`` on ``task`` for each seed and tabulate the results.
 
+    An entry is a variant name or a variant × recipe pair, ``"lora+altlora"`` (LoRA trained by the AltLoRA recipe,
+    :mod:`workbench.recipes`); the table's ``variant`` column holds the entry as given and ``recipe`` the recipe
+    used. ``recipe_options`` gives a recipe's options per entry (or per recipe name).
     ``lr="sweep"`` tries each of ``lrs`` on the first seed (by default :data:`SWEEP_FACTORS` times the rate the
     variant would get on this task: its preset's, else the task's default) and keeps the best by the task's
-    validation metric; a float uses one rate for all; a dict gives one per variant. ``budget`` matches trainable
-    parameters. ``configs`` gives per-variant hyper-parameters (on top of each variant's defaults and its preset for
-    the task); ``steps=None`` is the task's default; ``common`` is passed to every ``train()`` call.
+    validation metric; a float uses one rate for all; a dict gives one per entry. ``budget`` matches trainable
+    parameters (``budget_on="saved"``: the numbers the saved adapter holds, :func:`~workbench.budget.saved_numbers`,
+    which for LoLDU, SVFit or LoRA-XS are many more than they train). ``configs`` gives per-entry (or per-variant) hyper-parameters (on top of each variant's defaults and
+    its preset for the task); ``steps=None`` is the task's default; ``common`` is passed to every ``train()`` call.
     """
     variants = list(variants)
     if not variants:
         raise ConfigError("compare: variants is empty; give at least one variant name")
+    if len(set(variants)) < len(variants):
+        raise ConfigError(f"compare: variants lists an entry twice: {variants}")
     seeds = list(seeds)
     if not seeds:
         raise ConfigError("compare: seeds is empty; give at least one seed")
@@ -91,32 +118,45 @@ def compare(task, variants: Sequence[str], *, budget: int | None = None,
     if isinstance(task, str):
         task = task_registry.get(task)
     common.setdefault("progress", False)  # one bar per run would flood a notebook; pass progress=True to see them
-    for v in variants:
-        get_variant(v)  # unknown names fail before any training
+    parsed = {v: parse_entry(v) for v in variants}  # unknown names fail before any training
     configs = dict(configs or {})
+    options = dict(recipe_options or {})
     plan: dict[str, dict] = {}
     base_lr: dict[str, float] = {}
+    extra: dict[str, dict] = {}
     for v in variants:
-        cfg = dict(configs.get(v, {}))
-        resolved = resolve(task, get_variant(v), dict(common.get("settings") or {}), cfg,
+        name, recipe = parsed[v]
+        cfg = dict(configs.get(v, configs.get(name, {})))
+        resolved = resolve(task, get_variant(name), dict(common.get("settings") or {}), cfg,
                            use_presets=common.get("presets", True))
         base_lr[v] = resolved.settings.lr
         if budget is not None:  # sized with the preset's other values, which train() applies again
-            match = match_budget(task, v, budget, targets=common.get("targets"), **resolved.config)
+            match = match_budget(task, name, budget, targets=common.get("targets"), budget_on=budget_on,
+                                 **resolved.config)
             if match.field is not None:
                 cfg[match.field] = match.value
         plan[v] = cfg
+        extra[v] = {}
+        if recipe is not None:
+            extra[v]["recipe"] = recipe
+            if v in options or recipe in options:
+                extra[v]["recipe_options"] = options.get(v, options.get(recipe))
 
     run_one = _ray_runner() if executor == "ray" else _local_runner
-    jobs = lambda items: run_one(task, items, steps, store, callback, common)  # noqa: E731
+
+    def jobs(items):  # items: (entry, config, seed, rate); the runs come back in the same order
+        return run_one(task, [(parsed[e][0], cfg, seed, rate, extra[e]) for e, cfg, seed, rate in items], steps,
+                       store, callback, common)
 
     best_lr: dict[str, float] = {}
     sweep_runs: dict[str, list[Run]] = {}
     if lr == "sweep":
         rates = {v: list(lrs) if lrs is not None else [base_lr[v] * f for f in SWEEP_FACTORS] for v in variants}
-        finished = jobs([(v, plan[v], seeds[0], r) for v in variants for r in rates[v]])
+        items = [(v, plan[v], seeds[0], r) for v in variants for r in rates[v]]
+        finished = jobs(items)
+        for (v, *_), run in zip(items, finished):
+            sweep_runs.setdefault(v, []).append(run)
         for v in variants:
-            sweep_runs[v] = [run for run in finished if run.variant == get_variant(v).name]
             best = None
             for run in sweep_runs[v]:
                 score = run.summary.get("metric_value")
@@ -124,38 +164,38 @@ def compare(task, variants: Sequence[str], *, budget: int | None = None,
                     best = run
             best_lr[v] = best.config["lr"]
     elif isinstance(lr, dict):
-        best_lr = {v: float(lr[v]) for v in variants}
+        best_lr = {v: float(lr[v] if v in lr else lr[parsed[v][0]]) for v in variants}
     else:
         best_lr = {v: float(lr) for v in variants}
 
-    runs: list[Run] = []
+    labelled: list[tuple[str, Run]] = []
     todo = []
     for v in variants:
         for seed in seeds:
             reuse = next((r for r in sweep_runs.get(v, []) if r.config["seed"] == seed and r.config["lr"]
                           == best_lr[v]), None)
             if reuse is not None:
-                runs.append(reuse)
+                labelled.append((v, reuse))
             else:
                 todo.append((v, plan[v], seed, best_lr[v]))
-    runs += jobs(todo)
-    order = {v: i for i, v in enumerate(get_variant(v).name for v in variants)}
-    runs.sort(key=lambda r: (order[r.variant], r.config["seed"]))
-    sweep_table = (pd.DataFrame([_row(r) for rs in sweep_runs.values() for r in rs]) if sweep_runs else None)
-    return Comparison(task=task.name, runs=runs, table=pd.DataFrame([_row(r) for r in runs]), best_lr=best_lr,
-                      sweep=sweep_table)
+    labelled += [(item[0], run) for item, run in zip(todo, jobs(todo))]
+    order = {v: i for i, v in enumerate(variants)}
+    labelled.sort(key=lambda lr_: (order[lr_[0]], lr_[1].config["seed"]))
+    sweep_table = (pd.DataFrame([_row(r, v) for v, rs in sweep_runs.items() for r in rs]) if sweep_runs else None)
+    return Comparison(task=task.name, runs=[r for _, r in labelled],
+                      table=pd.DataFrame([_row(r, v) for v, r in labelled]), best_lr=best_lr, sweep=sweep_table)
 
 
-def _train_kwargs(steps, cfg, seed, rate, common) -> dict[str, Any]:
-    kw = {"lr": rate, "seed": seed, "config": cfg, **common}
+def _train_kwargs(steps, cfg, seed, rate, common, extra=None) -> dict[str, Any]:
+    kw = {"lr": rate, "seed": seed, "config": cfg, **common, **(extra or {})}
     if steps is not None:
         kw["steps"] = steps
     return kw
 
 
 def _local_runner(task, items, steps, store, callback, common) -> list[Run]:
-    return [train(task, v, store=store, callback=callback, **_train_kwargs(steps, cfg, seed, rate, common))
-            for v, cfg, seed, rate in items]
+    return [train(task, v, store=store, callback=callback, **_train_kwargs(steps, cfg, seed, rate, common, extra))
+            for v, cfg, seed, rate, extra in items]
 
 
 def _ray_runner():
@@ -167,15 +207,15 @@ def _ray_runner():
         raise ConfigError("compare: executor='ray' needs the 'ray' package (pip install ray)") from exc
 
     @ray.remote
-    def _train(task, v, cfg, seed, rate, steps, store, common):
-        run = train(task, v, store=store, **_train_kwargs(steps, cfg, seed, rate, common))
+    def _train(task, v, cfg, seed, rate, steps, store, common, extra):
+        run = train(task, v, store=store, **_train_kwargs(steps, cfg, seed, rate, common, extra))
         run.adaptation = None
         return run
 
     def runner(task, items, steps, store, callback, common):
         if not ray.is_initialized():
             ray.init()
-        return ray.get([_train.remote(task, v, cfg, seed, rate, steps, store, common)
-                        for v, cfg, seed, rate in items])
+        return ray.get([_train.remote(task, v, cfg, seed, rate, steps, store, common, extra)
+                        for v, cfg, seed, rate, extra in items])
 
     return runner

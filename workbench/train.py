@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 
+from . import rng
 from . import tasks as task_registry
 from .adapt import Adaptation, adapt
+from .budget import saved_numbers
 from .events import End, Eval, Progress, Start, StepContext, TrainControl, TrainEvent
 from .probes import ProbeContext, get_probes
-from .recipes import get_recipe
+from .recipes import get_recipe, validate_options
 from .runs import Run, RunStore, new_run_id
 from .settings import TrainSettings, resolve, split_overrides
 from .variant import get_variant
@@ -39,7 +41,7 @@ def train(task, variant, *, settings: TrainSettings | dict | None = None, config
           probes: str | Iterable[str] | None = "default", targets=None, store: RunStore | str | None = None,
           callback: Callable[[TrainEvent], None] | None = None, control: TrainControl | None = None,
           progress: bool | None = None, task_options: dict | None = None, model: torch.nn.Module | None = None,
-          presets: bool = True, **overrides) -> Run:
+          presets: bool = True, recipe_options: dict | None = None, **overrides) -> Run:
     """Adapt ``task.model()`` with ``variant`` and train it; return the :class:`Run`.
 
     Settings of the loop (:class:`~workbench.settings.TrainSettings`: ``steps``, ``lr``, ``batch_size``, ``seed``,
@@ -48,6 +50,11 @@ def train(task, variant, *, settings: TrainSettings | dict | None = None, config
     ``weight_decay``) must be given through ``settings=`` or ``config=``. Values the caller leaves out come from the
     variant's preset for the task (``presets=False`` turns presets off), then the task's training defaults, then the
     declared defaults; ``run.config["sources"]`` records which.
+
+    ``recipe`` (a setting: ``adamw`` unless the variant names its own) picks the optimizer recipe
+    (:mod:`workbench.recipes`); ``recipe_options`` are its declared options, validated before any training
+    (``train(task, "lora", recipe="altlora", recipe_options={"mode": "alternate"})``) and recorded in
+    ``run.config["recipe_options"]`` with the defaults filled in.
 
     ``task`` is a Task or a name for ``tasks.get`` (with ``task_options``); ``probes`` run every ``every`` steps;
     ``callback`` receives typed events (:mod:`workbench.events`); ``control.stop()`` ends the run early
@@ -65,13 +72,17 @@ def train(task, variant, *, settings: TrainSettings | dict | None = None, config
     s = resolved.settings
     recipe_name = s.recipe or vcls.default_recipe
     recipe_cls = get_recipe(recipe_name)
+    recipe_config = validate_options(recipe_name, recipe_options)  # a bad option fails before anything is built
     probe_list = get_probes(probes)
     if isinstance(store, (str, bytes)) or hasattr(store, "__fspath__"):
         store = RunStore(store)
     dev = _device(s.device)
     control = control or TrainControl()
 
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    # the run draws from its own seeded streams (workbench.rng: dropout masks, gates, grown ranks), private to this
+    # thread, so a seed gives the same run whatever else trains in the process; the global generator is forked and
+    # seeded too, for model code that draws without a generator
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), rng.seeded(s.seed):
         torch.manual_seed(s.seed)
         model = (task.model() if model is None else model).to(dev)
         keep = getattr(task, "trainable_modules", [])
@@ -80,14 +91,16 @@ def train(task, variant, *, settings: TrainSettings | dict | None = None, config
         run = Run(id=new_run_id(vcls.name, task.name), config={
             "task": task.name, "task_options": task.options() if hasattr(task, "options") else {},
             "variant": vcls.name, "config": ad.config.to_dict(), "targets": ad.targets, "steps": s.steps,
-            "lr": s.lr, "batch_size": s.batch_size, "seed": s.seed, "recipe": recipe_name, "every": s.every,
+            "lr": s.lr, "batch_size": s.batch_size, "seed": s.seed, "recipe": recipe_name,
+            "recipe_options": recipe_config.to_dict(), "every": s.every,
             "weight_decay": s.weight_decay, "device": str(dev), "probes": [p.name for p in probe_list],
             "settings": s.to_dict(), "sources": resolved.sources,
             "preset": {"task": resolved.preset.task, "reason": resolved.preset.reason} if resolved.preset else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, adaptation=ad)
         if store is not None:
             store.begin(run)
-        Trainer(run, task, ad, s, recipe_cls, probe_list, store, callback, control, dev, progress).fit()
+        Trainer(run, task, ad, s, recipe_cls, probe_list, store, callback, control, dev, progress,
+                recipe_options=recipe_config.to_dict()).fit()
     return run
 
 
@@ -96,14 +109,14 @@ class Trainer:
     detect divergence, run the probes, evaluate, flush), :meth:`finish` (final evaluation and summary)."""
 
     def __init__(self, run: Run, task, ad: Adaptation, s: TrainSettings, recipe_cls, probe_list, store, callback,
-                 control: TrainControl, dev: torch.device, progress: bool | None):
+                 control: TrainControl, dev: torch.device, progress: bool | None, recipe_options: dict | None = None):
         self.run, self.task, self.ad, self.s, self.dev = run, task, ad, s, dev
         self.variant, self.probe_list, self.store, self.control = ad.variant, probe_list, store, control
         self.callback = callback or (lambda event: None)
         self.batches = (_to(b, dev) for b in task.batches("train", batch_size=s.batch_size, seed=s.seed))
         self.ctx = StepContext(adaptation=ad, step=0, total_steps=s.steps, lr=s.lr, task=task, settings=s)
         self.variant.prepare(self.ctx, self.batches)
-        self.recipe = recipe_cls(ad, s.lr, s.weight_decay)
+        self.recipe = recipe_cls(ad, s.lr, s.weight_decay, ctx=self.ctx, **(recipe_options or {}))
         self.ctx.optimizer = self.recipe.optimizer
         reference = task.reference_delta() if hasattr(task, "reference_delta") else None
         self.reference = None if reference is None else {k: v.to(dev) for k, v in reference.items()}
@@ -149,6 +162,14 @@ class Trainer:
                 self.run.log(step, probe.name, module, key, value)
             for (module, name), tensor in out.arrays.items():
                 self.run.add_snapshot(step, probe.name, module, name, tensor)
+
+    def record_recipe(self, step: int) -> None:
+        """What the recipe reports at a probe step (ALLoRA's row factors, LoRA-Pro's ‖X‖, ...), as probe ``recipe``."""
+        rows, arrays = self.recipe.records()
+        for module, key, value in rows:
+            self.run.log(step, "recipe", module, key, value)
+        for (module, name), tensor in arrays.items():
+            self.run.add_snapshot(step, "recipe", module, name, tensor)
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -240,6 +261,7 @@ class Trainer:
             self.ad.eval()
             self.probe("after_step", step, self.ctx.batch)
             self.ad.train()
+            self.record_recipe(step)
         if eval_step:
             self.evaluate(step + 1)
         self.flush()
@@ -254,6 +276,7 @@ class Trainer:
     def finish(self, *, evaluate: bool) -> None:
         run, ad = self.run, self.ad
         self.bar.close()
+        self.recipe.close()  # hooks and patched branches leave the layers: the trained adapter is plain again
         ad.eval()
         steps_done = _steps_done(run) if evaluate else 0
         final = {}
@@ -266,6 +289,7 @@ class Trainer:
         metric = getattr(self.task, "metric", "loss")
         run.summary.update({
             "status": run.status, "steps_done": steps_done, "trainable_params": ad.num_trainable(),
+            "saved_numbers": saved_numbers(ad),
             "seconds_per_step": self.train_seconds / max(steps_done, 1), "peak_memory_mb": _peak_memory_mb(self.dev),
             "init_loss": init_eval.get("loss"), "final_loss": final.get("loss"), "metric": metric,
             "metric_value": final.get(metric), "init_metric_value": init_eval.get(metric),

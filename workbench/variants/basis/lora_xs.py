@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import rng
 from ...variant import Variant, VariantConfig, VariantLayer, param, register
 
 PAPER = ("Bałazy et al., 2024, LoRA-XS: Low-Rank Adaptation with Extremely Small Number of Parameters, "
@@ -58,7 +59,7 @@ class LoRAXSLayer(FrozenFactorsLayer):
             r = config.r
             self.B.copy_(u[:, :r])
             self.A.copy_(s[:r, None] * vh[:r])
-            self.R.normal_(0.0, 1e-5)
+            self.R.normal_(0.0, 1e-5, generator=rng.generator(self.R.device))
 
 
 @register("lora-xs", family="basis", paper=PAPER)

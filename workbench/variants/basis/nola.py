@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import rng
 from ...variant import Variant, VariantConfig, VariantLayer, param, register
 
 PAPER = ("Koohpayegani et al., 2024, NOLA: Compressing LoRA using Linear Combination of Random Basis, ICLR 2024, "
@@ -39,12 +40,13 @@ class NOLALayer(VariantLayer):
         super().__init__(base, config, shared, name)
         r, dev, dt = config.r, base.weight.device, base.weight.dtype
         a0 = torch.empty(r, base.in_features)
-        nn.init.kaiming_uniform_(a0, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(a0, a=math.sqrt(5), generator=rng.generator(a0.device))
         # drawn from the RNG that adapt() seeds per layer: the same bases come back when a saved adapter is loaded
         self.register_buffer("A0", a0.to(dev, dt), persistent=False)
-        self.register_buffer("A_bases", (torch.rand(config.k, r, base.in_features) * 2 - 1).to(dev, dt),
+        g = rng.generator()
+        self.register_buffer("A_bases", (torch.rand(config.k, r, base.in_features, generator=g) * 2 - 1).to(dev, dt),
                              persistent=False)
-        self.register_buffer("B_bases", (torch.rand(config.l, base.out_features, r) * 2 - 1).to(dev, dt),
+        self.register_buffer("B_bases", (torch.rand(config.l, base.out_features, r, generator=g) * 2 - 1).to(dev, dt),
                              persistent=False)
         self.coef_A = nn.Parameter(torch.zeros(config.k, device=dev, dtype=dt))
         self.coef_B = nn.Parameter(torch.zeros(config.l, device=dev, dtype=dt))

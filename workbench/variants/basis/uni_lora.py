@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import rng
 from ...variant import Shared, Variant, VariantConfig, VariantLayer, param, register
 
 PAPER = "Li et al., 2025, Uni-LoRA: One Vector is All You Need, NeurIPS 2025, arXiv:2506.00799"
@@ -49,7 +50,8 @@ class UniLoRAShared(Shared):
 
     def __init__(self, config: UniLoRAConfig, shapes, seed):
         super().__init__(config, shapes, seed)
-        self.theta = nn.Parameter(torch.empty(config.d).uniform_(-config.init_bound, config.init_bound))
+        self.theta = nn.Parameter(torch.empty(config.d).uniform_(-config.init_bound, config.init_bound,
+                                                                   generator=rng.generator()))
         sizes = [(config.r * i, o * config.r) for o, i in shapes.values()]
         slots = slot_assignment(sum(a + b for a, b in sizes), config.d, config.proj_seed)
         counts = torch.bincount(slots, minlength=config.d).float()

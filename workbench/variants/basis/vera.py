@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import rng
 from ...variant import Shared, Variant, VariantConfig, VariantLayer, param, register
 
 PAPER = "Kopiczko, Blankevoort, Asano, 2024, VeRA: Vector-based Random Matrix Adaptation, ICLR 2024, arXiv:2310.11454"
@@ -54,7 +55,7 @@ class VeRALayer(VariantLayer):
         dev, dt = base.weight.device, base.weight.dtype
         self.lambda_d = nn.Parameter(torch.full((config.r,), float(config.d_initial), device=dev, dtype=dt))
         self.lambda_b = nn.Parameter(torch.zeros(base.out_features, device=dev, dtype=dt))
-        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.drop = rng.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def _a(self) -> torch.Tensor:
         return self.shared.A[:, : self.in_features]

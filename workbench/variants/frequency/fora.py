@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import rng
 from ...variant import Variant, VariantConfig, VariantLayer, param, register
 
 PAPER = ("Ni et al., 2026, Frequency-aware low-rank adaptation in FCL-COD (camouflaged object detection with SAM), "
@@ -47,12 +48,13 @@ class FoRALayer(VariantLayer):
         super().__init__(base, config, shared, name)
         r, dev, dt = config.r, base.weight.device, base.weight.dtype
         self.down = nn.Parameter(torch.empty(r, base.in_features, device=dev, dtype=dt))
-        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5), generator=rng.generator(dev))
         self.up = nn.Parameter(torch.zeros(base.out_features, r, device=dev, dtype=dt))
         # one set of kernels serves both layouts: 2-D kernels k×k, and their middle row for 1-D
-        self.spatial = nn.ParameterList(nn.Parameter(torch.randn(r, r, k, k, device=dev, dtype=dt) / (r * k))
-                                        for k in (1, 3, 5))
-        self.freq = nn.Parameter(torch.randn(2 * r, 2 * r, 3, 3, device=dev, dtype=dt) / (2 * r * 3))
+        g = rng.generator(dev)
+        self.spatial = nn.ParameterList(
+            nn.Parameter(torch.randn(r, r, k, k, device=dev, dtype=dt, generator=g) / (r * k)) for k in (1, 3, 5))
+        self.freq = nn.Parameter(torch.randn(2 * r, 2 * r, 3, 3, device=dev, dtype=dt, generator=g) / (2 * r * 3))
 
     # -- the two mixers on a (batch, r, *grid) tensor ----------------------------------------------------------
     def _spatial(self, z: torch.Tensor) -> torch.Tensor:

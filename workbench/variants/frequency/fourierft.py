@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ... import rng
 from ...settings import Preset
 from ...variant import DenseDeltaLayer, Variant, VariantConfig, param, register
 
@@ -48,7 +49,7 @@ class FourierFTLayer(DenseDeltaLayer):
         self.register_buffer("entries", spectral_entries(base.out_features, base.in_features, n,
                                                          config.random_loc_seed).to(base.weight.device),
                              persistent=False)
-        init = torch.zeros(n) if config.init_zero else torch.randn(n)
+        init = torch.zeros(n) if config.init_zero else torch.randn(n, generator=rng.generator())
         self.spectrum = nn.Parameter(init.to(base.weight.device, base.weight.dtype))
 
     def delta_weight(self) -> torch.Tensor:

@@ -33,6 +33,7 @@ import scipy.fft
 import torch
 from torch import nn
 
+from ... import rng
 from ...settings import Preset
 from ...variant import DenseDeltaLayer, Variant, VariantConfig, param, register
 
@@ -94,7 +95,7 @@ class LoCALayer(DenseDeltaLayer):
         self.register_buffer("C_out", dct_matrix(base.out_features).to(dev, dt), persistent=False)
         self.register_buffer("C_in", dct_matrix(base.in_features).to(dev, dt), persistent=False)
         self.coefficients = nn.Parameter(torch.zeros(config.n, device=dev, dtype=dt))
-        self.locations = nn.Parameter(torch.rand(2, config.n, device=dev, dtype=dt))
+        self.locations = nn.Parameter(torch.rand(2, config.n, device=dev, dtype=dt, generator=rng.generator(dev)))
 
     def spectrum(self) -> torch.Tensor:
         return _SparseSpectrum.apply(self.coefficients, self.locations, self.out_features, self.in_features)

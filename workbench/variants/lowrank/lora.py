@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import rng
 from ...variant import Variant, VariantConfig, VariantLayer, param, register
 
 PAPER_LORA = "Hu et al., 2021, LoRA: Low-Rank Adaptation of Large Language Models, arXiv:2106.09685"
@@ -42,7 +43,7 @@ class LoRALayer(VariantLayer):
         dev, dt = base.weight.device, base.weight.dtype
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=dev, dtype=dt))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=dev, dtype=dt))
-        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.drop = rng.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.reset_parameters()
 
     @property
@@ -52,9 +53,9 @@ class LoRALayer(VariantLayer):
 
     def reset_parameters(self) -> None:
         if self.config.init == "gaussian":
-            nn.init.normal_(self.lora_A, std=1.0 / self.config.r)
+            nn.init.normal_(self.lora_A, std=1.0 / self.config.r, generator=rng.generator(self.lora_A.device))
         else:
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=rng.generator(self.lora_A.device))
         nn.init.zeros_(self.lora_B)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ... import rng
 from ...variant import Variant, VariantConfig, param, register
 from .lora import LoRALayer
 
@@ -60,7 +61,7 @@ class PiSSALayer(LoRALayer):
         with torch.no_grad():
             w = self.base.weight.float()
             if self.config.niter > 0:
-                u, sv, v = torch.svd_lowrank(w, q=r, niter=self.config.niter)
+                u, sv, v = rng.svd_lowrank(w, q=r, niter=self.config.niter)  # torch's, on this layer's stream
                 vh = v.t()
             else:
                 u, sv, vh = torch.linalg.svd(w, full_matrices=False)

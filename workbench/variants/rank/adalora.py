@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ... import rng
 from ...settings import Preset
 from ...variant import ConfigError, Variant, VariantConfig, param, register
 from .common import ImportanceEMA, orthogonality_regularizer
@@ -58,8 +59,8 @@ class AdaLoRALayer(GatedLowRankLayer):
     def __init__(self, base: nn.Linear, config: AdaLoRAConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
         with torch.no_grad():
-            self.lora_A.normal_(0.0, 0.02)
-            self.lora_B.normal_(0.0, 0.02)
+            self.lora_A.normal_(0.0, 0.02, generator=rng.generator(self.lora_A.device))
+            self.lora_B.normal_(0.0, 0.02, generator=rng.generator(self.lora_B.device))
 
     @property
     def scaling(self) -> float:

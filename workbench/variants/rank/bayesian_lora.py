@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import rng
 from ...settings import Preset
 from ...variant import Variant, VariantConfig, param, register
 from .gated import GatedLowRankLayer
@@ -53,8 +54,8 @@ class BayesianLoRALayer(GatedLowRankLayer):
     def __init__(self, base: nn.Linear, config: BayesianLoRAConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
         with torch.no_grad():
-            self.lora_A.normal_(0.0, 0.02)
-            self.lora_B.normal_(0.0, 0.02)
+            self.lora_A.normal_(0.0, 0.02, generator=rng.generator(self.lora_A.device))
+            self.lora_B.normal_(0.0, 0.02, generator=rng.generator(self.lora_B.device))
         self.log_alpha = nn.Parameter(torch.full((config.r,), float(config.init_log_alpha),
                                                  device=base.weight.device, dtype=base.weight.dtype))
 
@@ -64,7 +65,8 @@ class BayesianLoRALayer(GatedLowRankLayer):
 
     def sampled_gate(self) -> torch.Tensor:
         """One hard-concrete draw z = clip(σ((log u − log(1−u) + log α)/β)(ζ−γ)+γ, 0, 1), differentiable in log α."""
-        u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
+        u = torch.rand(self.log_alpha.shape, device=self.log_alpha.device, dtype=self.log_alpha.dtype,
+                       generator=rng.generator(self.log_alpha.device)).clamp(1e-6, 1 - 1e-6)
         s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / BETA)
         return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
 

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ... import rng
 from ...variant import Variant, VariantConfig, param, register
 from .gated import SHRINKS, GatedLowRankLayer, shrink_
 
@@ -54,9 +55,9 @@ class CoDyRAConfig(VariantConfig):
 class CoDyRALayer(GatedLowRankLayer):
     def __init__(self, base: nn.Linear, config: CoDyRAConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=rng.generator(self.lora_A.device))
         with torch.no_grad():
-            self.gate.normal_()
+            self.gate.normal_(generator=rng.generator(self.gate.device))
 
     @property
     def scaling(self) -> float:

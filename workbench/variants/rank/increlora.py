@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ... import rng
 from ...settings import Preset
 from ...variant import Variant, VariantConfig, VariantLayer, param, register
 from .common import ImportanceEMA, orthogonality_regularizer
@@ -102,8 +103,11 @@ class IncreLoRALayer(GatedLowRankLayer):
     def add_block(self, n: int) -> list[nn.Parameter]:
         """Append n components with a, b ~ N(0, 0.02²) (official init); their e is the reserve's until they grow."""
         w = self.base.weight
-        a = nn.Parameter(torch.empty(n, self.in_features, device=w.device, dtype=w.dtype).normal_(0.0, 0.02))
-        b = nn.Parameter(torch.empty(self.out_features, n, device=w.device, dtype=w.dtype).normal_(0.0, 0.02))
+        g = rng.generator(w.device)
+        a = nn.Parameter(torch.empty(n, self.in_features, device=w.device, dtype=w.dtype).normal_(0.0, 0.02,
+                                                                                                   generator=g))
+        b = nn.Parameter(torch.empty(self.out_features, n, device=w.device, dtype=w.dtype).normal_(0.0, 0.02,
+                                                                                                    generator=g))
         self.A_blocks.append(a)
         self.B_blocks.append(b)
         return [a, b]

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ... import rng
 from ...settings import Preset
 from ...variant import Variant, VariantConfig, param, register
 from .gated import SHRINKS, GatedLowRankLayer, soft_threshold_, with_gate_group
@@ -59,9 +60,9 @@ class SoRAConfig(VariantConfig):
 class SoRALayer(GatedLowRankLayer):
     def __init__(self, base: nn.Linear, config: SoRAConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=rng.generator(self.lora_A.device))
         with torch.no_grad():
-            self.gate.normal_()
+            self.gate.normal_(generator=rng.generator(self.gate.device))
         self.compacted = False
 
     @property

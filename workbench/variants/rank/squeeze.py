@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ... import rng
 from ...variant import ConfigError, Variant, VariantConfig, param, register
 from ..lowrank.lora import LoRALayer
 from .gated import replace_parameter
@@ -75,10 +76,9 @@ class LoRASqueezeLayer(LoRALayer):
         q = r it spans ΔW's range exactly), or the same through QR of the factors without building ΔW."""
         s, r = self.scaling, self.lora_A.shape[0]
         if self.config.svd == "randomized":
-            # svd_lowrank draws from the global RNG: fork it, so training stays reproducible and leaves it alone
-            with torch.random.fork_rng(devices=[self.lora_A.device] if self.lora_A.is_cuda else []):
-                torch.manual_seed(0)
-                return torch.svd_lowrank(s * self.lora_B.float() @ self.lora_A.float(), q=r, niter=2)
+            # torch.svd_lowrank on a stream of its own (seed 0, as before): training's streams are left alone
+            with rng.seeded(0):
+                return rng.svd_lowrank(s * self.lora_B.float() @ self.lora_A.float(), q=r, niter=2)
         qb, rb = torch.linalg.qr(self.lora_B.float())
         qa, ra = torch.linalg.qr(self.lora_A.float().t())
         u, sv, vh = torch.linalg.svd(s * rb @ ra.t())

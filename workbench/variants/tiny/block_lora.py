@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import rng
 from ...variant import ConfigError, Shared, Variant, VariantConfig, VariantLayer, param, register
 
 PAPER = ("Zhou et al., 2025, One Head Eight Arms: Block Matrix based Low Rank Adaptation for CLIP-based Few-Shot "
@@ -63,7 +64,8 @@ class BlockShared(Shared):
             width = i // config.blocks
             if str(width) not in self.heads:
                 bound = 1.0 / math.sqrt(i)  # Kaiming-uniform (a = √5) over the full width: one block of LoRA's A
-                self.heads[str(width)] = nn.Parameter(torch.empty(config.r, width).uniform_(-bound, bound))
+                head = torch.empty(config.r, width).uniform_(-bound, bound, generator=rng.generator())
+                self.heads[str(width)] = nn.Parameter(head)
 
 
 class BlockLoRALayer(VariantLayer):

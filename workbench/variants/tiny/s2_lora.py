@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import rng
 from ...variant import Shared, Variant, VariantConfig, VariantLayer, param, register
 from ..rank.gated import soft_threshold_, with_gate_group
 
@@ -52,7 +53,7 @@ class S2Shared(Shared):
         self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
         for o, i in dict.fromkeys(shapes.values()):
             a = torch.empty(config.r, i)
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=rng.generator(a.device))
             self.A[shape_key(o, i)] = nn.Parameter(a)
             self.B[shape_key(o, i)] = nn.Parameter(torch.zeros(o, config.r))
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ... import rng
 from ...variant import DenseDeltaLayer, Variant, VariantConfig, param, register
 
 PAPER = ("Tao, Takida, Murata, Zhao, Mitsufuji, 2025, Transformed Low-rank Adaptation via Tensor Decomposition and Its "
@@ -94,12 +95,16 @@ class TLoRALayer(DenseDeltaLayer):
         self.T_cores = nn.ParameterList(nn.Parameter(e.clone()) for e in eye)
         if config.addition_part == "lora":  # the script's residual: B = 0, A Kaiming-normal (a = √5)
             self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
-            self.lora_A = nn.Parameter(nn.init.kaiming_normal_(torch.empty(r, base.in_features), a=math.sqrt(5)))
+            self.lora_A = nn.Parameter(nn.init.kaiming_normal_(torch.empty(r, base.in_features), a=math.sqrt(5),
+                                                                        generator=rng.generator()))
         else:  # official ttv init: B¹ = 0, B^d ~ N(0, (√I_d / r²)²) for d > 1, C^d ~ N(0, 1/J_d)
+            g = rng.generator()
             self.B_cores = nn.ParameterList(
-                nn.Parameter(torch.zeros(i, r, r) if d == 0 else torch.randn(i, r, r) * (math.sqrt(i) / r ** 2))
+                nn.Parameter(torch.zeros(i, r, r) if d == 0
+                             else torch.randn(i, r, r, generator=g) * (math.sqrt(i) / r ** 2))
                 for d, i in enumerate(self.I))
-            self.C_cores = nn.ParameterList(nn.Parameter(torch.randn(j, r, r) / math.sqrt(j)) for j in self.J)
+            self.C_cores = nn.ParameterList(nn.Parameter(torch.randn(j, r, r, generator=g) / math.sqrt(j))
+                                            for j in self.J)
         self.to(dev, dt)
 
     def transform(self) -> torch.Tensor:
