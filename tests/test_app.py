@@ -153,9 +153,13 @@ def test_an_edited_value_is_explicit_and_untouched_ones_keep_their_source(tmp_pa
 
 
 def test_bad_training_input_starts_nothing(tmp_path):
+    # a bound that depends on the task's layers is checked in the job, which builds the task (issue 16: never in
+    # the request): the job fails at once with the message naming the field, and nothing is saved
+    job = wait(start("synthetic:lowrank", "lora", tmp_path, config={"r": 65}))  # larger than the 64x64 layers
+    assert job.run is None and job.error is not None
+    assert "lora: r=65 is invalid; r must be an integer in [1, 64] for layer" in cb.job_status(job.id)
     before = len(jobs._JOBS)
-    bad_train = [({"config": {"r": 65}},  # larger than the 64x64 layers of synthetic:lowrank
-                  r"lora: r=65 is invalid; r must be an integer in \[1, 64\] for layer"),
+    bad_train = [({"config": {"r": 0}}, r"lora: r=0 is invalid; r must be an integer in \[1, "),
                  ({"settings": {"steps": "ten"}}, r"train: steps='ten' is invalid; steps must be integer in \[1, "),
                  ({"settings": {"steps": "0"}}, r"train: steps=0 is invalid; steps must be an integer in \[1, "),
                  ({"settings": {"lr": "-1"}}, r"lr=-1.0 is invalid; lr must be a number in \(0, inf\)"),
@@ -250,8 +254,8 @@ def test_diverging_training_is_reported(tmp_path):
 def test_comparison_job(tmp_path):
     job = wait(cb.start_comparison("synthetic:lowrank", ["lora", "full"], "0, 1", "20", "0.01", str(tmp_path)))
     assert job.error is None and len(job.runs) == 4
-    table, loss, spectra, alloc, freq = cb.comparison_view(job.id, "layers.0")
-    assert len(table.data[0].cells.values[0]) == 4
+    summary, runs, sweep, loss, spectra, alloc, freq = cb.comparison_view(job.id, "layers.0")
+    assert len(runs) == 4 and list(summary.variant) == ["lora", "full"] and sweep.empty
     assert "4 runs started, 4 finished" in cb.comparison_status(job.id)
 
 

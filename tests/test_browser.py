@@ -289,3 +289,68 @@ def test_sora_with_its_defaults_allocates_ranks_live(server, page):
     page.get_by_text("completed").first.wait_for(timeout=120_000)
     page.wait_for_timeout(1000)
     shot(page, "train", full_page=True)
+
+
+def test_compare_with_two_seeds_shows_grouped_runs_and_exports_csv(server, page):
+    """Issue 17 item 10: Compare two variants with two seeds; the results are grouped by variant (mean ± sd), each
+    run is labelled ``lr=…, seed=…``, the metric has its own name, and Export CSV downloads one row per run."""
+    import csv
+
+    page.goto(server[0])
+    page.get_by_text("Freeze W0 and learn a rank-r update").wait_for(timeout=20_000)
+    tab(page, "Compare")
+    page.get_by_label("seeds (comma-separated)").fill("0, 1")
+    page.get_by_label("steps").locator("visible=true").first.fill("40")
+    page.get_by_label("learning rate (a number, or 'sweep')").fill("0.01")
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_text("4 runs started, 4 finished").wait_for(timeout=90_000)
+    print(f"\ncompare of 2 variants x 2 seeds finished {time.perf_counter() - t0:.2f} s after pressing Compare")
+    summary, runs = page.locator("#cmp-summary"), page.locator("#cmp-runs")
+    summary.get_by_text("±").first.wait_for(timeout=10_000)
+    cells = [c.inner_text().strip() for c in summary.locator("[role=gridcell][data-col='0']").all()]
+    assert cells == ["lora", "dora"], f"the summary is not one row per variant: {cells}"
+    assert summary.get_by_text("rel_error (lower is better) (mean ± sd)").count() >= 1
+    settings = [c.inner_text().strip() for c in runs.locator("[role=gridcell][data-col='1']").all()]
+    assert settings == ["lr=0.01, seed=0", "lr=0.01, seed=1"] * 2, settings
+    button = page.locator("#cmp-csv")
+    button.wait_for(state="visible", timeout=10_000)
+    with page.expect_download(timeout=20_000) as download:
+        button.click()
+    rows = list(csv.DictReader(open(download.value.path(), encoding="utf-8")))
+    print(f"exported CSV: {len(rows)} rows, columns {list(rows[0])}")
+    assert len(rows) == 4 and {r["variant"] for r in rows} == {"lora", "dora"}
+    assert {r["setting"] for r in rows} == {"lr=0.01, seed=0", "lr=0.01, seed=1"}
+    assert "rel_error (lower is better)" in rows[0]
+    shot(page, "compare-seeds", full_page=True)
+
+
+def test_the_present_tab_fits_a_projector(server, page):
+    """Issue 17: a presentation layout for a projector: at 1024×768 the Present tab shows one large figure, its
+    selector and the figure both on screen without scrolling."""
+    import workbench as wb
+    from workbench.dashboard import callbacks as cb
+    from workbench.runs import RunStore
+
+    wb.train(cb.get_task("synthetic:lowrank"), "lora", settings={"steps": 30}, store=RunStore(RUNS["root"]),
+             progress=False)
+    page.set_viewport_size({"width": 1024, "height": 768})
+    try:
+        page.goto(server[0])
+        page.get_by_text("Freeze W0 and learn a rank-r update").wait_for(timeout=20_000)
+        tab(page, "Present")
+        page.get_by_label("run to present").locator("visible=true").first.click()
+        page.get_by_role("option", name=re.compile(r"^lora · synthetic:lowrank · ")).first.click()
+        plot = page.locator("#present-plot .js-plotly-plot")
+        plot.wait_for(timeout=20_000)
+        page.get_by_label("spectrum of ΔW").check()
+        page.get_by_text("Singular values of ΔW").first.wait_for(timeout=20_000)
+        page.wait_for_timeout(500)
+        box = plot.bounding_box()
+        print(f"\npresent view at 1024x768: figure {box['width']:.0f}x{box['height']:.0f} px, bottom at "
+              f"{box['y'] + box['height']:.0f}")
+        shot(page, "present")
+        assert box["width"] > 700 and box["height"] >= 500
+        assert box["y"] + box["height"] <= 768, "the figure does not fit the projector's screen"
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})

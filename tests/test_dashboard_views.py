@@ -40,7 +40,7 @@ def test_the_tasks_metric_is_plotted_at_every_evaluation(saved):
     assert len(ev) > 2  # intermediate evaluations, not only the first and the last
     fig = F.validation_metric(run)
     assert list(fig.data[0].y) == ev.value.tolist() and "rel_error" in fig.layout.title.text
-    loss = F.loss_curves([run, run])
+    loss = F.loss_curves([run, run], band=False)  # each run its own lines (two runs of a variant band by default)
     val = [t for t in loss.data if t.name.endswith("val")][0]
     assert len(val.x) == len(ev)  # the loss chart's validation trace shows every eval point
     kinds = [t.name.rsplit(" ", 1)[1] for t in loss.data]
@@ -128,8 +128,10 @@ def test_slider_steps_by_the_snapshot_cadence(saved):
 def test_the_selected_step_is_marked_on_every_time_series_panel(saved):
     root, run_id = saved
     view = cb.inspect_view(root, run_id, 20, "layers.0")
-    over_steps = {"effective rank": view[3], "similarity": view[4], "gradients": view[5], "allocation": view[6],
+    over_steps = {"effective rank": view[3], "similarity": view[4], "gradients": view[5],
                   "loss": view[9], "metric": view[10]}
+    # lora does not allocate: its allocation panel is one line (figures.allocation_summary), no steps to mark
+    assert not view[6].data and "fixed rank" in view[6].layout.annotations[0].text
     for name, fig in over_steps.items():
         marks = [s for s in fig.layout.shapes if s.type == "line" and s.x0 == 20 and s.x1 == 20]
         assert marks, f"the {name} panel does not mark step 20"

@@ -33,7 +33,7 @@ def test_every_variant_is_in_the_table():
     """Read from the files on disk, not from the generator: each registered key is one row of docs/VARIANTS.md and
     is named once in README.md's block, nothing else is, and the README's count is the registry's."""
     names = wb.variant_names()
-    table = (ROOT / "docs" / "VARIANTS.md").read_text(encoding="utf-8").split("\n## Presets")[0]
+    table = (ROOT / "docs" / "VARIANTS.md").read_text(encoding="utf-8").split("\n## Recipes")[0]
     assert re.findall(r"^\| `([^`]+)` \|", table, flags=re.M) == names
     block = _readme_block()
     listed = re.findall(r"`([^`]+)`", "\n".join(line for line in block.splitlines() if line.startswith("| ")))
@@ -147,3 +147,8 @@ def test_the_lock_pins_every_declared_dependency_within_its_range():
         name = _canonical(req.name)
         assert name in pins, f"requirements.lock has no pin for {req.name}: run `make lock`"
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {spec!r}"
+
+
+def test_every_recipe_is_in_the_recipes_table():
+    section = (ROOT / "docs" / "VARIANTS.md").read_text(encoding="utf-8").split("\n## Recipes")[1].split("\n## ")[0]
+    assert re.findall(r"^\| `([^`]+)` \|", section, flags=re.M) == wb.recipe_names()

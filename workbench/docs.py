@@ -58,7 +58,22 @@ def variants_markdown() -> str:
         rows.append(f"| `{v.name}` | {v.family} | {_cell(v.paper)} | {_cell(_defaults(v.config))} | "
                     f"{'yes' if v.linear_delta else 'no'} | {'yes' if v.dynamic else 'no'} | {kept or '—'} | "
                     f"{_cell(v.reconstruction) or '—'} | {_cell(v.cls.notes) or '—'} |")
-    return HEADER + "\n".join(rows) + "\n" + _presets_markdown()
+    return HEADER + "\n".join(rows) + "\n" + _recipes_markdown() + _presets_markdown()
+
+
+def _recipes_markdown() -> str:
+    """The recipes (``workbench.recipes``): optimizer-level methods any compatible variant can be trained with."""
+    from .recipes import recipe_infos
+
+    rows = ["", "## Recipes", "",
+            "Methods that change how an adapter is trained, not its layer: `train(..., recipe=name, "
+            "recipe_options={...})`, or `\"lora+name\"` in `compare()`. A recipe that needs low-rank factors refuses "
+            "variants without `factors()`.", "",
+            "| key | paper | options | needs (B, A) | simplified / unconfirmed |", "| --- | --- | --- | --- | --- |"]
+    for r in recipe_infos():
+        rows.append(f"| `{r.name}` | {_cell(r.paper) or '—'} | {_cell(_defaults(r.config))} | "
+                    f"{'yes' if r.needs_factors else 'no'} | {_cell(r.notes) or '—'} |")
+    return "\n".join(rows) + "\n"
 
 
 def _values(values: dict) -> str:

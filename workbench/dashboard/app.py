@@ -1,4 +1,4 @@
-"""LoRA Workbench dashboard: learn, train live, compare, inspect, landscapes, runs.
+"""LoRA Workbench dashboard: learn, train live, compare, inspect, landscapes, present (a projector view), runs.
 
     workbench dashboard [--host 127.0.0.1] [--port 7860] [--runs runs] [--data-dir ../shared/data]
     python app.py ...   (the same, from a checkout)
@@ -59,6 +59,25 @@ def _owned(fn, n_outputs: int):
     return wrapped
 
 
+def _confirmable(fn):
+    """For Compare and Landscape: ``fn(*args, confirm=..., owner=...)`` starts a job or raises
+    :class:`~workbench.dashboard.callbacks.NeedsConfirmation` with its estimated cost. Outputs: the job id, the
+    status line (the estimate, when asking) and the "Start anyway" button (shown while asking). The returned pair
+    of handlers is (first press, confirmed press)."""
+    def handler(confirm: bool):
+        def wrapped(request: gr.Request, *args):
+            owner = getattr(request, "session_hash", None)
+            try:
+                return fn(*args, confirm=confirm, owner=owner), gr.skip(), gr.update(visible=False)
+            except cb.NeedsConfirmation as exc:
+                return gr.skip(), f"⚠️ {exc}", gr.update(visible=True)
+            except (ConfigError, FileNotFoundError, ValueError) as exc:
+                gr.Warning(str(exc))
+                return gr.skip(), gr.skip(), gr.skip()
+        return wrapped
+    return handler(False), handler(True)
+
+
 def captioned_plot(label: str, builder: str, kind: str | None = None, elem_id: str | None = None) -> gr.Plot:
     """A plot for ``figures.<builder>`` with that figure's caption under it (what it shows, what to look for)."""
     with gr.Column(min_width=320):
@@ -82,122 +101,166 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
     with gr.Blocks(title="LoRA Workbench", analytics_enabled=False) as demo:
         root = gr.State(runs_root)
         gr.Markdown("# LoRA Workbench\nTrain, inspect and compare LoRA variants side by side.")
+        with gr.Tabs() as tabs:
 
-        # ---- Learn ---------------------------------------------------------------------------------------
-        with gr.Tab("Learn"):
-            with gr.Row():
-                learn_variant = gr.Dropdown(variants, value="lora", label="variant")
-                learn_task = gr.Dropdown(task_list, value="synthetic:lowrank", label="count parameters on task")
-            learn_md = gr.Markdown(latex_delimiters=[{"left": "$", "right": "$", "display": False}],
-                                   elem_classes="learn-card")
-            demo_btn = gr.Button("Watch a 10-second demo on synthetic:lowrank", variant="primary")
-            demo_status = gr.Markdown(elem_classes="status")
-            with gr.Row():
-                demo_loss = captioned_plot("loss", "loss_curves")
-                demo_spectra = captioned_plot("spectrum of ΔW", "spectra")
-            demo_job, demo_seen = gr.State(None), gr.State(-1)
+            # ---- Learn ---------------------------------------------------------------------------------------
+            with gr.Tab("Learn", id="learn"):
+                with gr.Row():
+                    learn_variant = gr.Dropdown(variants, value="lora", label="variant")
+                    learn_task = gr.Dropdown(task_list, value="synthetic:lowrank", label="count parameters on task")
+                learn_md = gr.Markdown(latex_delimiters=[{"left": "$", "right": "$", "display": False}],
+                                       elem_classes="learn-card")
+                demo_btn = gr.Button("Watch a 10-second demo on synthetic:lowrank", variant="primary")
+                demo_status = gr.Markdown(elem_classes="status")
+                demo_config = gr.Markdown(elem_id="demo-config")
+                with gr.Row():
+                    demo_loss = captioned_plot("loss", "loss_curves")
+                    demo_spectra = captioned_plot("spectrum of ΔW", "spectra")
+                demo_job, demo_seen = gr.State(None), gr.State(-1)
 
-        # ---- Train ---------------------------------------------------------------------------------------
-        with gr.Tab("Train"):
-            with gr.Row():
-                task = gr.Dropdown(task_list, value=DEFAULT_TASK, label="task")
-                variant = gr.Dropdown(variants, value="lora", label="variant")
-            settings_form, config_form, preset_text = cb.train_forms(DEFAULT_TASK, "lora")
-            preset_md = gr.Markdown(preset_text, elem_classes="preset")
-            task_opts = task_options_form(DEFAULT_TASK)
-            config = gr.Dataframe(config_form, label=f"hyper-parameters of the variant {FORM_LABEL}",
-                                  interactive=True, static_columns=[0, 2, 3, 4], wrap=True,
-                                  column_widths=SOURCED_WIDTHS, elem_id="train-config")
-            settings = gr.Dataframe(settings_form, label=f"training settings {FORM_LABEL}", interactive=True,
-                                    static_columns=[0, 2, 3, 4], wrap=True, column_widths=SOURCED_WIDTHS,
-                                    max_height=330, elem_id="train-settings")
-            with gr.Row():
-                run_btn = gr.Button("Run", variant="primary")
-                stop_btn = gr.Button("Stop")
-            train_status = gr.Markdown(elem_classes="status")
-            with gr.Row():
-                loss_plot = captioned_plot("loss", "loss_curves", elem_id="train-loss")
-                grad_plot = captioned_plot("gradient norms", "gradient_norms")
-            with gr.Row():
-                spec_plot = captioned_plot("spectrum of ΔW", "spectra")
-                alloc_plot = captioned_plot("allocation", "allocation_heatmap", elem_id="train-allocation")
-            with gr.Row():
-                metric_plot = captioned_plot("validation metric", "validation_metric", elem_id="train-metric")
-            train_job, train_seen = gr.State(None), gr.State(-1)
+            # ---- Train ---------------------------------------------------------------------------------------
+            with gr.Tab("Train", id="train"):
+                with gr.Row():
+                    task = gr.Dropdown(task_list, value=DEFAULT_TASK, label="task")
+                    variant = gr.Dropdown(variants, value="lora", label="variant")
+                settings_form, config_form, preset_text = cb.train_forms(DEFAULT_TASK, "lora")
+                preset_md = gr.Markdown(preset_text, elem_classes="preset")
+                task_opts = task_options_form(DEFAULT_TASK)
+                config = gr.Dataframe(config_form, label=f"hyper-parameters of the variant {FORM_LABEL}",
+                                      interactive=True, static_columns=[0, 2, 3, 4], wrap=True,
+                                      column_widths=SOURCED_WIDTHS, elem_id="train-config")
+                settings = gr.Dataframe(settings_form, label=f"training settings {FORM_LABEL}", interactive=True,
+                                        static_columns=[0, 2, 3, 4], wrap=True, column_widths=SOURCED_WIDTHS,
+                                        max_height=330, elem_id="train-settings")
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary")
+                    stop_btn = gr.Button("Stop")
+                train_status = gr.Markdown(elem_classes="status")
+                with gr.Row():
+                    train_smooth = gr.Slider(0, 0.99, value=0.0, step=0.01, label="smoothing of the training loss",
+                                             elem_id="train-smoothing")
+                    train_scale = gr.Radio(["log", "linear"], value="log", label="loss axis", elem_id="train-scale")
+                with gr.Row():
+                    loss_plot = captioned_plot("loss", "loss_curves", elem_id="train-loss")
+                    grad_plot = captioned_plot("gradient norms", "gradient_norms")
+                train_module = gr.Dropdown([], label="module (the spectrum's layer)", allow_custom_value=True,
+                                           elem_id="train-module")
+                with gr.Row():
+                    spec_plot = captioned_plot("spectrum of ΔW", "spectra")
+                    alloc_plot = captioned_plot("allocation", "allocation_heatmap", elem_id="train-allocation")
+                with gr.Row():
+                    metric_plot = captioned_plot("validation metric", "validation_metric", elem_id="train-metric")
+                train_job, train_seen = gr.State(None), gr.State(-1)
 
-        # ---- Compare -------------------------------------------------------------------------------------
-        with gr.Tab("Compare"):
-            with gr.Row():
-                cmp_task = gr.Dropdown(task_list, value=DEFAULT_TASK, label="task")
-                cmp_seeds = gr.Textbox("0", label="seeds (comma-separated)")
-                cmp_steps = gr.Textbox("", label="steps", placeholder="blank: the task's default")
-                cmp_lr = gr.Textbox("sweep", label="learning rate (a number, or 'sweep')")
-            cmp_task_opts = task_options_form(DEFAULT_TASK)
-            cmp_variants = gr.CheckboxGroup(variants, value=["lora", "dora"], label="variants")
-            with gr.Row():
-                cmp_btn = gr.Button("Compare", variant="primary")
-                cmp_stop = gr.Button("Stop")
-            cmp_status = gr.Markdown(elem_classes="status")
-            cmp_module = gr.Dropdown([], label="module (aligns the side-by-side panels)", allow_custom_value=True)
-            cmp_table = captioned_plot("results", "comparison_table")
-            cmp_loss = captioned_plot("loss curves", "loss_curves")
-            cmp_spectra = captioned_plot("spectra side by side", "small_multiples", "spectra")
-            cmp_alloc = captioned_plot("allocation side by side", "small_multiples", "allocation")
-            cmp_freq = captioned_plot("|DCT(ΔW)| side by side", "small_multiples", "dct")
-            cmp_job, cmp_seen = gr.State(None), gr.State(-1)
+            # ---- Compare -------------------------------------------------------------------------------------
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    cmp_task = gr.Dropdown(task_list, value=DEFAULT_TASK, label="task")
+                    cmp_seeds = gr.Textbox("0", label="seeds (comma-separated)")
+                    cmp_steps = gr.Textbox("", label="steps", placeholder="blank: the task's default")
+                    cmp_lr = gr.Textbox("sweep", label="learning rate (a number, or 'sweep')")
+                    cmp_budget = gr.Textbox("", label="parameter budget", placeholder="blank: each variant's own size")
+                cmp_task_opts = task_options_form(DEFAULT_TASK)
+                cmp_variants = gr.CheckboxGroup(variants, value=["lora", "dora"], label="variants")
+                with gr.Row():
+                    cmp_btn = gr.Button("Compare", variant="primary")
+                    cmp_confirm = gr.Button("Start anyway", variant="stop", visible=False)
+                    cmp_stop = gr.Button("Stop")
+                cmp_status = gr.Markdown(elem_classes="status")
+                cmp_module = gr.Dropdown([], label="module (aligns the side-by-side panels)", allow_custom_value=True)
+                cmp_summary = gr.Dataframe(label="results by variant (mean ± sd over seeds)", interactive=False,
+                                           wrap=True, elem_id="cmp-summary")
+                cmp_runs = gr.Dataframe(label="runs (click a column title to sort)", interactive=False, wrap=True,
+                                        elem_id="cmp-runs")
+                cmp_sweep = gr.Dataframe(label="learning-rate sweep (the other rates tried on the first seed)",
+                                         interactive=False, wrap=True, elem_id="cmp-sweep", visible=False)
+                cmp_sweep_plot = captioned_plot("learning-rate sweep", "lr_sweep", elem_id="cmp-sweep-plot")
+                cmp_csv = gr.DownloadButton("Export CSV", visible=False, elem_id="cmp-csv")
+                with gr.Row():
+                    cmp_smooth = gr.Slider(0, 0.99, value=0.0, step=0.01, label="smoothing of the training loss")
+                    cmp_scale = gr.Radio(["log", "linear"], value="log", label="loss axis")
+                cmp_loss = captioned_plot("loss curves", "loss_curves")
+                cmp_spectra = captioned_plot("spectra side by side", "small_multiples", "spectra")
+                cmp_alloc = captioned_plot("allocation side by side", "small_multiples", "allocation")
+                cmp_freq = captioned_plot("|DCT(ΔW)| side by side", "small_multiples", "dct")
+                cmp_job, cmp_seen = gr.State(None), gr.State(-1)
 
-        # ---- Inspect -------------------------------------------------------------------------------------
-        with gr.Tab("Inspect") as insp_tab:
-            with gr.Row():
-                insp_run = gr.Dropdown(cb.run_options(runs_root), label="saved run", allow_custom_value=True)
-                insp_refresh = gr.Button("Refresh list", size="sm")
-            with gr.Row():
-                insp_step = gr.Slider(0, 1, value=1, step=1, label="training step")
-                insp_module = gr.Dropdown([], label="module", allow_custom_value=True)
-                insp_kind = gr.Radio(["dct", "fft", "wht"], value="dct", label="frequency basis")
-            insp_head = gr.Markdown()
-            with gr.Row():
-                insp_spectra = captioned_plot("singular values", "spectra")
-                insp_freq = captioned_plot("frequency map", "frequency_map")
-            with gr.Row():
-                insp_erank = captioned_plot("effective rank", "effective_rank_over_time")
-                insp_sim = captioned_plot("subspace similarity", "subspace_similarity")
-            with gr.Row():
-                insp_grad = captioned_plot("gradient norms", "gradient_norms")
-                insp_alloc = captioned_plot("allocation", "allocation_heatmap")
-            with gr.Row():
-                insp_views = captioned_plot("variant views", "variant_views")
-                insp_traj = captioned_plot("learned locations over training", "location_trajectories")
-            with gr.Row():
-                insp_loss = captioned_plot("loss", "loss_curves")
-                insp_metric = captioned_plot("validation metric", "validation_metric")
+            # ---- Inspect -------------------------------------------------------------------------------------
+            with gr.Tab("Inspect", id="inspect") as insp_tab:
+                with gr.Row():
+                    insp_run = gr.Dropdown(cb.run_options(runs_root), label="saved run", allow_custom_value=True)
+                    insp_refresh = gr.Button("Refresh list", size="sm")
+                with gr.Row():
+                    insp_step = gr.Slider(0, 1, value=1, step=1, label="training step")
+                    insp_module = gr.Dropdown([], label="module", allow_custom_value=True)
+                    insp_kind = gr.Radio(["dct", "fft", "wht"], value="dct", label="frequency basis")
+                insp_head = gr.Markdown()
+                with gr.Row():
+                    insp_spectra = captioned_plot("singular values", "spectra")
+                    insp_freq = captioned_plot("frequency map", "frequency_map")
+                with gr.Row():
+                    insp_erank = captioned_plot("effective rank", "effective_rank_over_time")
+                    insp_sim = captioned_plot("subspace similarity", "subspace_similarity")
+                with gr.Row():
+                    insp_grad = captioned_plot("gradient norms", "gradient_norms")
+                    insp_alloc = captioned_plot("allocation", "allocation_heatmap")
+                with gr.Row():
+                    insp_views = captioned_plot("variant views", "variant_views")
+                    insp_traj = captioned_plot("learned locations over training", "location_trajectories")
+                with gr.Row():
+                    insp_loss = captioned_plot("loss", "loss_curves")
+                    insp_metric = captioned_plot("validation metric", "validation_metric")
+                insp_magnitude = captioned_plot("learned magnitudes (DoRA-style m)", "magnitude_view",
+                                                elem_id="insp-magnitude")
 
-        # ---- Landscape -----------------------------------------------------------------------------------
-        with gr.Tab("Landscape") as land_tab:
-            with gr.Row():
-                land_run = gr.Dropdown(cb.run_options(runs_root), label="saved run", allow_custom_value=True,
-                                       elem_id="land-run")
-                land_refresh = gr.Button("Refresh list", size="sm")
-                land_mode = gr.Radio(["adapter", "delta"], value="delta", label="directions in")
-                land_dims = gr.Radio(["1", "2"], value="2", label="dimensions")
-                land_steps = gr.Textbox("15", label="grid points per axis")
-                land_span = gr.Textbox("1.0", label="span")
-            land_btn = gr.Button("Compute", variant="primary")
-            land_md = gr.Markdown()
-            land_plot = captioned_plot("loss landscape", "landscape")
+            # ---- Landscape -----------------------------------------------------------------------------------
+            with gr.Tab("Landscape", id="landscape") as land_tab:
+                with gr.Row():
+                    land_run = gr.Dropdown(cb.run_options(runs_root), label="saved run", allow_custom_value=True,
+                                           elem_id="land-run")
+                    land_refresh = gr.Button("Refresh list", size="sm")
+                    land_mode = gr.Radio(["adapter", "delta"], value="delta", label="directions in")
+                    land_dims = gr.Radio(["1", "2"], value="2", label="dimensions")
+                    land_steps = gr.Textbox("15", label="grid points per axis")
+                    land_span = gr.Textbox("1.0", label="span")
+                with gr.Row():
+                    land_btn = gr.Button("Compute", variant="primary")
+                    land_confirm = gr.Button("Start anyway", variant="stop", visible=False)
+                    land_stop = gr.Button("Stop")
+                land_md = gr.Markdown(elem_classes="status")
+                land_plot = captioned_plot("loss landscape", "landscape")
+                land_job, land_seen = gr.State(None), gr.State(-1)
 
-        # ---- Runs ----------------------------------------------------------------------------------------
-        with gr.Tab("Runs") as runs_tab:
-            with gr.Row():
-                runs_query = gr.Textbox(label="filter (any text: variant, task, status ...)")
-                runs_refresh = gr.Button("Refresh", size="sm")
-            runs_df = gr.Dataframe(cb.runs_table(runs_root), interactive=False, wrap=True)
-            with gr.Row():
-                runs_pick = gr.Dropdown(cb.run_options(runs_root), label="run", allow_custom_value=True)
-                dl_btn = gr.Button("Prepare downloads")
-                del_btn = gr.Button("Delete run", variant="stop")
-            runs_msg = gr.Markdown()
-            runs_files = gr.File(label="adapter (safetensors), metrics (CSV), PEFT export", file_count="multiple")
+            # ---- Present: one large figure with a selector, for a projector at 1024×768 -----------------------
+            with gr.Tab("Present", id="present") as present_tab:
+                with gr.Row():  # the selector beside the figure, so the figure starts high on a 768-px screen
+                    with gr.Column(scale=1, min_width=180):
+                        present_run = gr.Dropdown(cb.run_options(runs_root), label="run to present",
+                                                  allow_custom_value=True, elem_id="present-run")
+                        present_which = gr.Radio(list(cb.PRESENT_VIEWS), value="loss", label="view")
+                    with gr.Column(scale=4):
+                        present_plot = gr.Plot(show_label=False, elem_id="present-plot")
+                        present_caption = gr.Markdown(figures.caption("loss_curves"), elem_classes="caption")
+
+            # ---- Runs ----------------------------------------------------------------------------------------
+            with gr.Tab("Runs", id="runs") as runs_tab:
+                with gr.Row():
+                    runs_query = gr.Textbox(label="filter (any text: variant, task, status ...)")
+                    runs_refresh = gr.Button("Refresh", size="sm")
+                runs_df = gr.Dataframe(cb.runs_table(runs_root), interactive=False, wrap=True,
+                                       label="runs (click a row to pick it; a comparison's runs are listed together)",
+                                       elem_id="runs-table")
+                with gr.Row():
+                    runs_pick = gr.Dropdown(cb.run_options(runs_root), label="run", allow_custom_value=True,
+                                            elem_id="runs-pick")
+                    open_btn = gr.Button("Open in Inspect")
+                    code_btn = gr.Button("This run as code")
+                    dl_btn = gr.Button("Prepare downloads")
+                    del_btn = gr.Button("Delete run…", variant="stop")
+                    del_confirm = gr.Button("Confirm delete", variant="stop", visible=False)
+                runs_msg = gr.Markdown()
+                runs_files = gr.File(label="adapter (safetensors), metrics (CSV), PEFT export", file_count="multiple")
+
 
         # ---- events --------------------------------------------------------------------------------------
         timer = gr.Timer(POLL_SECONDS)
@@ -210,12 +273,19 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         def poll_demo(job_id, seen):
             version = cb.job_version(job_id)
             if version == seen:
-                return gr.skip(), gr.skip(), gr.skip(), seen
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
             loss, _, spectra, _ = cb.live_figures(job_id)
-            return cb.job_status(job_id), loss, spectra, version
+            return cb.job_status(job_id), cb.demo_config_text(job_id), loss, spectra, version
 
-        timer.tick(poll_demo, [demo_job, demo_seen], [demo_status, demo_loss, demo_spectra, demo_seen],
+        timer.tick(poll_demo, [demo_job, demo_seen], [demo_status, demo_config, demo_loss, demo_spectra, demo_seen],
                    show_progress="hidden")
+
+        def clear_demo():  # a new variant: the old variant's demo is not shown under the new card
+            empty = cb.live_figures(None)[0]
+            return None, -1, "", "", empty, empty
+
+        learn_variant.change(clear_demo, None, [demo_job, demo_seen, demo_status, demo_config, demo_loss,
+                                                demo_spectra], show_progress="hidden")
 
         # a new (task, variant) refills the forms with what train() would use: task defaults and the preset
         def on_task(task_name, variant_name, options):
@@ -227,37 +297,52 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         run_btn.click(_owned(cb.start_training, 1), [task, variant, settings, config, root, task_opts], train_job)
         stop_btn.click(_owned(cb.stop_job, 1), train_job, train_status)
 
-        def poll_train(job_id, seen):
-            version = cb.job_version(job_id)
-            if version == seen:
-                return (gr.skip(),) * 6 + (seen,)
-            return (cb.job_status(job_id), *cb.live_figures(job_id), cb.live_metric(job_id), version)
-
-        timer.tick(poll_train, [train_job, train_seen],
-                   [train_status, loss_plot, grad_plot, spec_plot, alloc_plot, metric_plot, train_seen],
-                   show_progress="hidden")
-
-        cmp_btn.click(_owned(cb.start_comparison, 1),
-                      [cmp_task, cmp_variants, cmp_seeds, cmp_steps, cmp_lr, root, cmp_task_opts],
-                      cmp_job)
-        cmp_stop.click(_owned(lambda job_id, owner=None: (cb.jobs.stop(job_id, owner), cb.comparison_status(job_id))[1],
-                              1), cmp_job, cmp_status)
-
-        def poll_compare(job_id, seen, module):
+        def poll_train(job_id, seen, module, smoothing, scale):
             version = cb.job_version(job_id)
             if version == seen:
                 return (gr.skip(),) * 7 + (seen,)
             job = cb.jobs.get(job_id)
+            modules = cb.modules_of([job.run]) if job is not None and job.run is not None else []
+            module = module if module in modules else (modules[0] if modules else None)
+            return (cb.job_status(job_id), gr.update(choices=cb.module_choices(modules), value=module),
+                    *cb.live_figures(job_id, module, smoothing, scale), cb.live_metric(job_id), version)
+
+        timer.tick(poll_train, [train_job, train_seen, train_module, train_smooth, train_scale],
+                   [train_status, train_module, loss_plot, grad_plot, spec_plot, alloc_plot, metric_plot,
+                    train_seen], show_progress="hidden")
+        train_module.input(lambda j, m: cb.live_figures(j, m)[2], [train_job, train_module], spec_plot)
+        for trigger in (train_smooth.release, train_scale.input):
+            trigger(_safe(lambda j, w, sc: cb.live_figures(j, None, w, sc)[0], 1),
+                    [train_job, train_smooth, train_scale], loss_plot)
+
+        cmp_inputs = [cmp_task, cmp_variants, cmp_seeds, cmp_steps, cmp_lr, root, cmp_task_opts, cmp_budget]
+        cmp_first, cmp_anyway = _confirmable(cb.start_comparison)
+        cmp_btn.click(cmp_first, cmp_inputs, [cmp_job, cmp_status, cmp_confirm])
+        cmp_confirm.click(cmp_anyway, cmp_inputs, [cmp_job, cmp_status, cmp_confirm])
+        cmp_stop.click(_owned(lambda job_id, owner=None: (cb.jobs.stop(job_id, owner), cb.comparison_status(job_id))[1],
+                              1), cmp_job, cmp_status)
+        cmp_views = [cmp_summary, cmp_runs, cmp_sweep, cmp_loss, cmp_spectra, cmp_alloc, cmp_freq]
+
+        def poll_compare(job_id, seen, module, smoothing, scale):
+            version = cb.job_version(job_id)
+            if version == seen:
+                return (gr.skip(),) * 11 + (seen,)
+            job = cb.jobs.get(job_id)
             modules = cb.modules_of(job.runs) if job else []
             module = module if module in modules else (modules[0] if modules else None)
-            return (cb.comparison_status(job_id), gr.update(choices=modules, value=module),
-                    *cb.comparison_view(job_id, module), version)
+            csv = cb.comparison_csv(job_id) if job is not None and job.done else None
+            return (cb.comparison_status(job_id), gr.update(choices=cb.module_choices(modules), value=module),
+                    gr.update(value=csv, visible=csv is not None), cb.comparison_sweep(job_id),
+                    *comparison_views(job_id, module, smoothing, scale), version)
 
-        timer.tick(poll_compare, [cmp_job, cmp_seen, cmp_module],
-                   [cmp_status, cmp_module, cmp_table, cmp_loss, cmp_spectra, cmp_alloc, cmp_freq, cmp_seen],
-                   show_progress="hidden")
-        cmp_module.input(lambda j, m: cb.comparison_view(j, m), [cmp_job, cmp_module],
-                          [cmp_table, cmp_loss, cmp_spectra, cmp_alloc, cmp_freq])
+        def comparison_views(job_id, module, smoothing=0.0, scale="log"):
+            summary, runs, sweep, *figs = cb.comparison_view(job_id, module, smoothing, scale)
+            return (summary, runs, gr.update(value=sweep, visible=not sweep.empty), *figs)
+
+        timer.tick(poll_compare, [cmp_job, cmp_seen, cmp_module, cmp_smooth, cmp_scale],
+                   [cmp_status, cmp_module, cmp_csv, cmp_sweep_plot, *cmp_views, cmp_seen], show_progress="hidden")
+        for trigger in (cmp_module.input, cmp_smooth.release, cmp_scale.input):
+            trigger(_safe(comparison_views, 7), [cmp_job, cmp_module, cmp_smooth, cmp_scale], cmp_views)
 
         # the run pickers list what is on disk: on page load, on opening a tab, on Refresh and when a job ends
         def refresh_choices(root_dir):
@@ -269,15 +354,20 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                         runs_tab.select):
             trigger(refresh_choices, root, pickers, show_progress="hidden")
 
-        def refresh_on_job_end(root_dir, seen, *job_ids):
+        def refresh_on_job_end(root_dir, seen, query, *job_ids):  # and the Runs table, as runs land
             ended = cb.jobs_finished(job_ids)
             if ended == seen:
-                return (gr.skip(),) * 3 + (seen,)
-            return (*refresh_choices(root_dir), ended)
+                return (gr.skip(),) * 4 + (seen,)
+            return (*refresh_choices(root_dir), cb.runs_table(root_dir, query), ended)
+
+        for trigger in (demo.load, present_tab.select):
+            trigger(lambda r: gr.update(choices=cb.run_options(r)), root, present_run, show_progress="hidden")
+        for trigger in (present_run.change, present_which.change):
+            trigger(_safe(cb.present_view, 2), [root, present_run, present_which], [present_plot, present_caption])
 
         ended_seen = gr.State(0)
-        timer.tick(refresh_on_job_end, [root, ended_seen, demo_job, train_job, cmp_job], pickers + [ended_seen],
-                   show_progress="hidden")
+        timer.tick(refresh_on_job_end, [root, ended_seen, runs_query, demo_job, train_job, cmp_job],
+                   pickers + [runs_df, ended_seen], show_progress="hidden")
 
         def on_pick_run(root_dir, run_id):
             lo, hi, modules = cb.run_steps(root_dir, run_id)
@@ -285,25 +375,34 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
             kind = cb.frequency_basis_of(root_dir, run_id)
             cadence = cb.snapshot_cadence(root_dir, run_id)  # each slider stop is a snapshot
             return (gr.update(minimum=lo, maximum=hi, value=hi, step=cadence),
-                    gr.update(choices=modules, value=module), kind,
-                    *cb.inspect_view(root_dir, run_id, hi, module, kind))
+                    gr.update(choices=cb.module_choices(modules), value=module), kind,
+                    *cb.inspect_view(root_dir, run_id, hi, module, kind), cb.inspect_magnitudes(root_dir, run_id))
 
         insp_outputs = [insp_head, insp_spectra, insp_freq, insp_erank, insp_sim, insp_grad, insp_alloc, insp_views,
                         insp_traj, insp_loss, insp_metric]
-        insp_run.change(_safe(on_pick_run, 14), [root, insp_run],
-                        [insp_step, insp_module, insp_kind] + insp_outputs)
+        insp_run.change(_safe(on_pick_run, 15), [root, insp_run],
+                        [insp_step, insp_module, insp_kind] + insp_outputs + [insp_magnitude])
         # user changes only: the step's number box fires input at each keystroke (release only on blur), the slider
         # while dragged; always_last draws the latest value once the previous drawing is done
         for trigger in (insp_step.input, insp_module.input, insp_kind.input):
             trigger(_safe(cb.inspect_view, 11), [root, insp_run, insp_step, insp_module, insp_kind], insp_outputs,
                     trigger_mode="always_last")
 
-        def landscape_handler(root_dir, run_id, mode, dims, n, span, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-            return cb.compute_landscape(root_dir, run_id, mode, dims, n, span,
-                                        progress=lambda f: progress(f, desc="evaluating the loss grid"))
+        land_inputs = [root, land_run, land_mode, land_dims, land_steps, land_span]
+        land_first, land_anyway = _confirmable(cb.start_landscape)
+        land_btn.click(land_first, land_inputs, [land_job, land_md, land_confirm])
+        land_confirm.click(land_anyway, land_inputs, [land_job, land_md, land_confirm])
+        land_stop.click(_owned(lambda job_id, owner=None: (cb.jobs.stop(job_id, owner), cb.landscape_status(job_id))[1],
+                               1), land_job, land_md)
 
-        land_btn.click(_safe(landscape_handler, 2), [root, land_run, land_mode, land_dims, land_steps, land_span],
-                       [land_plot, land_md])
+        def poll_landscape(job_id, seen):
+            version = cb.job_version(job_id)
+            if version == seen:
+                return gr.skip(), gr.skip(), seen
+            figure = cb.landscape_figure(job_id)
+            return cb.landscape_status(job_id), gr.skip() if figure is None else figure, version
+
+        timer.tick(poll_landscape, [land_job, land_seen], [land_md, land_plot, land_seen], show_progress="hidden")
 
         def refresh_runs(root_dir, query):
             choices = cb.run_options(root_dir)
@@ -316,9 +415,28 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         def delete(root_dir, run_id):
             msg = cb.delete_run(root_dir, run_id)
             choices = cb.run_options(root_dir)
-            return msg, cb.runs_table(root_dir), gr.update(choices=choices, value=None)
+            return msg, cb.runs_table(root_dir), gr.update(choices=choices, value=None), gr.update(visible=False)
 
-        del_btn.click(_safe(delete, 3), [root, runs_pick], [runs_msg, runs_df, runs_pick])
+        # one click never deletes: the first asks (naming the run), the second button deletes
+        del_btn.click(_safe(lambda r, i: (cb.delete_question(r, i), gr.update(visible=True)), 2), [root, runs_pick],
+                      [runs_msg, del_confirm])
+        del_confirm.click(_safe(delete, 4), [root, runs_pick], [runs_msg, runs_df, runs_pick, del_confirm])
+        runs_pick.change(lambda: gr.update(visible=False), None, del_confirm, show_progress="hidden")
+        code_btn.click(_safe(cb.run_as_code, 1), [root, runs_pick], runs_msg)
+
+        def pick_row(table, evt: gr.SelectData):  # a click on a row of the Runs table picks that run
+            run_id = cb.run_id_of_row(table, evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index)
+            return gr.skip() if run_id is None else gr.update(value=run_id)
+
+        runs_df.select(pick_row, runs_df, runs_pick)
+
+        def open_in_inspect(root_dir, run_id):
+            if not run_id:
+                raise ConfigError("choose a run (or click its row) to open it in Inspect")
+            cb.load_run(root_dir, run_id)  # an unknown or unreadable run is named here, not on the Inspect tab
+            return gr.Tabs(selected="inspect"), gr.update(choices=cb.run_options(root_dir), value=run_id)
+
+        open_btn.click(_safe(open_in_inspect, 2), [root, runs_pick], [tabs, insp_run])
     demo.queue(default_concurrency_limit=4)
     return demo
 

@@ -8,21 +8,30 @@ at most one unfinished job of each kind (:func:`start` refuses a second with a C
 refusing keeps the first run's work, where stopping it silently would throw it away), and :func:`stop` reaches every
 unfinished job of the owner and kind. At most ``WORKBENCH_MAX_JOBS`` jobs (default: the number of cores) train at
 once in the process; the others wait in a first-come queue, shown as ``queued``, and can be stopped while waiting.
+
+Long jobs (issue 17): a job says what it is doing (:meth:`Job.set_phase`: "building the task: loading the model and
+tokenising the data"), measures its pace (:meth:`Job.eta_seconds`, from the steps its runs have logged) and can be
+stopped between any two pieces of work: ``work`` calls :meth:`Job.check_stop` (or a callback of the job does) and a
+:class:`JobStopped` raised there ends the job as ``stopped``, with the time from the press of Stop to the end kept
+in :attr:`Job.stop_latency`.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..events import Start, TrainControl, TrainEvent
+from ..events import Progress, Start, TrainControl, TrainEvent
+from ..runs import HEARTBEAT
 
 _LOCK = threading.Lock()
 _JOBS: dict[str, Job] = {}
@@ -50,6 +59,10 @@ _RUNNING: list[str] = []   # ids of jobs holding a slot
 _WAITING: list[str] = []   # ids of jobs queued for one, first come first served
 
 
+class JobStopped(Exception):
+    """Raised inside a job's work when Stop was pressed: the job ends ``stopped`` (not failed)."""
+
+
 @dataclass
 class Job:
     id: str
@@ -64,16 +77,78 @@ class Job:
     version: int = 0                               # bumped on every event: pollers redraw only on change
     thread: threading.Thread | None = None
     queued: bool = True                            # waiting for a slot (WORKBENCH_MAX_JOBS)
+    phase: str = ""                                # what the job is doing now, for the status line ("" : training)
+    progress: float | None = None                  # fraction done, for work that is not a training (a landscape)
+    progress_since: float | None = None            # time.perf_counter() when that work began (its ETA)
+    planned_steps: int | None = None               # training steps the whole job will take (a comparison's runs)
+    stop_requested: float | None = None            # time.time() of the first press of Stop
+    ended: float | None = None                     # time.time() when the work returned or raised
+    stopped: bool = False                          # ended by Stop (JobStopped, or its runs ended "stopped")
+    #: (time.perf_counter(), training steps done by all the job's runs) at each progress event: the pace for the ETA
+    pace: list = field(default_factory=list)
 
     @property
     def run(self):
         return self.runs[-1] if self.runs else None
 
     def on_event(self, event: TrainEvent) -> None:
-        """``train()`` callback: remember the runs and count changes (pollers redraw on a new version)."""
+        """``train()`` callback: remember the runs, the pace, and count changes (pollers redraw on a new version).
+        A run that starts after Stop was pressed (the next run of a comparison) is stopped before its first step."""
         if isinstance(event, Start):
+            if self.control.should_stop:
+                _discard_unstarted(event.run)
+                raise JobStopped
             self.runs.append(event.run)
+            self.phase = ""
+        elif isinstance(event, Progress):
+            self.pace.append((time.perf_counter(), self.steps_done()))
+            del self.pace[:-50]  # the recent pace: a sweep's runs differ in speed only by chance
         self.version += 1
+
+    def set_phase(self, text: str) -> None:
+        """Say what the job is doing (shown in the page) and end it here if Stop was pressed."""
+        self.check_stop()
+        self.phase = text
+        self.version += 1
+
+    def check_stop(self) -> None:
+        if self.control.should_stop:
+            raise JobStopped
+
+    def request_stop(self) -> None:
+        if self.stop_requested is None:
+            self.stop_requested = time.time()
+        self.control.stop()
+        self.version += 1
+
+    @property
+    def stop_latency(self) -> float | None:
+        """Seconds from the press of Stop to the end of the job (None: not stopped, or still stopping)."""
+        if self.stop_requested is None or self.ended is None:
+            return None
+        return max(self.ended - self.stop_requested, 0.0)
+
+    def steps_done(self) -> int:
+        """Training steps logged by all of the job's runs (the last logged train step + 1 of each)."""
+        total = 0
+        for run in list(self.runs):
+            rows = run._rows
+            last = next((r[0] for r in reversed(rows) if r[1] == "train" and r[3] == "loss"), None)
+            total += 0 if last is None else int(last) + 1
+        return total
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the recent pace (None until two progress events have been seen, or without a plan):
+        training steps left over steps per second, measured over the last progress events."""
+        total = self.planned_steps
+        if total is None and self.run is not None:
+            total = self.run.config.get("steps")
+        if not total or len(self.pace) < 2 or self.done:
+            return None
+        (t0, s0), (t1, s1) = self.pace[0], self.pace[-1]
+        if s1 <= s0 or t1 <= t0:
+            return None
+        return max(total - self.steps_done(), 0) * (t1 - t0) / (s1 - s0)
 
     def status(self) -> str:
         if self.error:
@@ -82,6 +157,8 @@ class Job:
             if self.control.should_stop:
                 return "stopping"
             return "queued" if self.queued else "running"
+        if self.stopped:
+            return "stopped"
         return self.run.status if self.run is not None else "done"
 
 
@@ -102,17 +179,40 @@ def start(kind: str, work: Callable[[Job], Any], owner: str | None = None) -> Jo
         try:
             if _acquire_slot(job):
                 job.result = work(job)
+            else:
+                job.stopped = True  # stopped while it waited in the queue
+        except JobStopped:
+            job.stopped = True
         except Exception as exc:  # noqa: BLE001 - shown in the page; the server keeps serving
-            job.error = f"{type(exc).__name__}: {exc}"
-            job.trace = traceback.format_exc()
+            if job.control.should_stop and isinstance(exc.__cause__ or exc.__context__, JobStopped):
+                job.stopped = True  # a JobStopped that a library wrapped on its way out
+            else:
+                job.error = f"{type(exc).__name__}: {exc}"
+                job.trace = traceback.format_exc()
         finally:
             _release_slot(job)
+            job.stopped = job.stopped or (job.control.should_stop and job.error is None)
+            job.phase = ""
+            job.ended = time.time()
             job.done = True
             job.version += 1
 
     job.thread = threading.Thread(target=target, name=job.id, daemon=True)
     job.thread.start()
     return job
+
+
+def _discard_unstarted(run) -> None:
+    """Remove the folder of a run that was begun in a store but stopped before its first step (the next run of a
+    comparison after Stop): it holds no metric, only what ``RunStore.begin`` wrote. Anything more is left alone."""
+    path = getattr(run, "path", None)
+    if path is None or not Path(path).is_dir() or Path(path).is_symlink():
+        return
+    folder = Path(path)
+    names = {p.name for p in folder.iterdir()}
+    metrics = folder / "metrics.jsonl"
+    if names <= {"run.json", "metrics.jsonl", HEARTBEAT} and (not metrics.exists() or metrics.stat().st_size == 0):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _describe(job: Job) -> str:
@@ -178,7 +278,7 @@ def stop(job_id: str | None, owner: str | None = None) -> list[Job]:
     for kind in kinds:
         targets += [j for j in owned(owner, kind) if j not in targets]
     for j in targets:
-        j.control.stop()
+        j.request_stop()
     return targets
 
 
