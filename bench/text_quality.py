@@ -1,7 +1,8 @@
 """Validation accuracy of each variant on text:sst2 (all-MiniLM-L6-v2, the full SST-2 training file, dev.tsv).
 
-Every variant runs at its config defaults (the paper's values, no presets) and the task's training defaults
-(``TextTask.defaults``: steps, lr, batch size, evaluation cadence), with the task's default targets and its head
+Every variant runs at its defaults, as ``wb.train("text:sst2", variant)`` gives them: the task's training defaults
+(``TextTask.defaults``: steps, lr, schedule, batch size, evaluation cadence), the variant's preset for the task
+where it declares one (``--no-presets``: the paper's config values alone), the task's default targets and its head
 trained in full beside the adapter (``train_head=True``), over a few seeds. The table gives the validation accuracy
 as mean ± std over the seeds, the accuracy of the probe-initialised head before training (the same for every
 variant), the trainable parameters (adapter + head) and the wall seconds of one ``train()`` call.
@@ -64,7 +65,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the task's, 300)")
     p.add_argument("--data-dir", default=os.environ.get("WORKBENCH_DATA_DIR_SST2", "/work/shared/data/sst2"),
                    help="folder with train.tsv and dev.tsv")
-    p.add_argument("--presets", action="store_true", help="apply the variants' presets for text:sst2")
+    p.add_argument("--no-presets", dest="presets", action="store_false",
+                   help="ignore the variants' presets for text:sst2 (the paper's config values alone)")
     p.add_argument("--csv", help="also write the table to this CSV file")
     args = p.parse_args(argv)
 

@@ -115,7 +115,7 @@ def test_text_sst2_from_local_files(shared_data):
     model = task.model()
     assert all(not p.requires_grad for p in model.parameters())
     assert wb.match_targets(model, task.targets)[:2] == ["encoder.encoder.layer.0.attention.self.query",
-                                                        "encoder.encoder.layer.0.attention.self.value"]
+                                                        "encoder.encoder.layer.0.attention.self.key"]
     result = task.evaluate(model)
     assert result["accuracy"] > 0.6  # the probe head is pretrained
     batch = next(task.batches(batch_size=4))
@@ -132,3 +132,20 @@ def test_text_data_dir_from_the_environment(shared_data, monkeypatch):
     monkeypatch.setenv("WORKBENCH_DATA_DIR", str(shared_data))
     task = wb.tasks.get("text:sst2", n_train=64, n_val=32, n_probe=64)
     assert task.options()["data_dir"] is None and len(next(task.batches(batch_size=4))["labels"]) == 4
+
+
+def test_digits_continual_shifts_hold_the_classes_its_model_knows():
+    # issue 14.8: the continual sequence starts from the 0-4 model (its last stage brings 5-9), so its domain-shift
+    # stages hold digits 0-4 only; before, stage 0 also asked for 5-9 through a head that never learned them
+    from workbench.tasks.digits import STAGE_CLASSES
+
+    rotate, invert, classes = wb.tasks.get("digits:continual").stages()
+    for stage, expected in ((rotate, {0, 1, 2, 3, 4}), (invert, {0, 1, 2, 3, 4}), (classes, {5, 6, 7, 8, 9})):
+        for split in ("train", "val"):
+            assert set(stage._data[split][1].tolist()) == expected == set(STAGE_CLASSES[stage.current])
+    model = rotate.model()
+    result = rotate.evaluate(model)
+    assert {f"accuracy/{s}/own" for s in STAGE_CLASSES} <= set(result)
+    # among its own classes a stage can only score at least as well as among all ten
+    assert all(result[f"accuracy/{s}/own"] >= result[f"accuracy/{s}"] for s in STAGE_CLASSES)
+    assert result["accuracy/rotate"] == result["accuracy"]

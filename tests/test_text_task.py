@@ -170,3 +170,35 @@ def test_bad_modules_to_save_are_config_errors(data_dir):
         wb.adapt(task.model(), "lora", task.targets, modules_to_save=["encoder"])
     with pytest.raises(wb.ConfigError, match="train_head=1 is invalid"):
         _task(data_dir, train_head=1)
+
+
+def test_length_grouped_batches_cover_an_epoch_once_and_pad_less_than_a_shuffle():
+    # HF's group_by_length: pools of 50 batches sorted by length, the epoch's batches shuffled. Each sentence of an
+    # epoch appears at most once, the order is the seed's, and a batch pads far less than a shuffled one
+    from workbench.tasks.base import index_stream
+    from workbench.tasks.text import length_grouped_stream
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 57, (6400,), generator=g)
+    n_batches = 6400 // 64
+
+    def epoch(stream):
+        return [next(stream) for _ in range(n_batches)]
+
+    grouped = epoch(length_grouped_stream(lengths, 64, seed=1, group=50))
+    seen = torch.cat(grouped)
+    assert len(seen) == 6400 and len(set(seen.tolist())) == 6400
+    again = epoch(length_grouped_stream(lengths, 64, seed=1, group=50))
+    assert all(torch.equal(a, b) for a, b in zip(grouped, again))
+    other = epoch(length_grouped_stream(lengths, 64, seed=2, group=50))
+    assert not all(torch.equal(a, b) for a, b in zip(grouped, other))
+
+    def pad_fraction(batches):
+        width = sum(int(lengths[b].max()) * len(b) for b in batches)
+        return 1 - sum(int(lengths[b].sum()) for b in batches) / width
+
+    shuffled = epoch(index_stream(6400, 64, seed=1))
+    assert pad_fraction(grouped) < 0.1 < 0.4 < pad_fraction(shuffled)
+    # the batches' lengths are not ordered by step (HF keeps a pool's batches together, longest first)
+    firsts = [int(lengths[b].max()) for b in grouped[:50]]
+    assert firsts != sorted(firsts, reverse=True)

@@ -8,8 +8,9 @@ and the estimate:
 * tasks declare ``estimate_bytes(kind, options)`` (a classmethod, from the options alone, nothing built);
 * adaptations are estimated generically (:func:`adaptation_bytes`): the variant's layers are built on PyTorch's
   ``meta`` device, which records shapes without allocating, and their parameters and buffers are counted. No
-  per-variant code; a variant whose construction needs real values (``.item()``, NumPy) gives no estimate and is
-  built as before.
+  per-variant code; a variant whose construction needs real values (``.item()``, NumPy: LoCA's DCT basis, QWHA's
+  allocation, Uni-LoRA's slot assignment) declares ``estimate_bytes(cfg, shapes)`` (a classmethod, from the
+  config and shapes alone) instead; one with neither gives no estimate and is built as before.
 
 The limit is 2 GiB unless ``WORKBENCH_MEMORY_LIMIT`` says otherwise (bytes, or with a unit: ``8GiB``, ``500MB``).
 """
@@ -83,7 +84,8 @@ def _module_tensors(module: nn.Module | None) -> list[torch.Tensor]:
 def adaptation_bytes(variant_cls, cfg, shapes: dict[str, tuple[int, int]], seed: int = 0) -> int | None:
     """Bytes of the parameters and buffers ``variant_cls``'s layers would hold on target ``shapes``, from a
     construction on the ``meta`` device (nothing allocated). Layers of one shape are built once and counted per
-    layer. None when the variant cannot be built on ``meta`` (it reads values while initialising)."""
+    layer. When the variant cannot be built on ``meta`` (it reads values while initialising) its own
+    ``estimate_bytes(cfg, shapes)`` classmethod answers, if it declares one; else None."""
     try:
         with torch.device("meta"):
             shared = variant_cls.SharedModule(cfg, shapes, seed) if variant_cls.SharedModule is not None else None
@@ -97,8 +99,9 @@ def adaptation_bytes(variant_cls, cfg, shapes: dict[str, tuple[int, int]], seed:
                     per_shape[(out_f, in_f)] = tensor_bytes(_module_tensors(layer),
                                                             skip=_module_tensors(base) + shared_tensors)
                 total += per_shape[(out_f, in_f)]
-    except Exception:  # noqa: BLE001 - a construction that needs real values: no estimate; the real build (and its
-        return None    # own errors) follows
+    except Exception:  # noqa: BLE001 - a construction that needs real values: the variant's own estimate, or none
+        own = getattr(variant_cls, "estimate_bytes", None)  # (the real build, and its own errors, follow)
+        return None if own is None else int(own(cfg, shapes))
     return total
 
 

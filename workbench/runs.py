@@ -281,7 +281,8 @@ class RunStore:
         return path
 
     def load(self, run_id: str) -> Run:
-        """A stored run. The folder name is its id (a copied folder is its own run). A file that cannot be read is
+        """A stored run. The folder name is its id and must be the id its ``run.json`` records (a copied or renamed
+        folder is refused, naming both, never read as a second run of that id). A file that cannot be read is
         a :class:`CorruptRunError` naming it; a metrics line cut short by a killed process is skipped."""
         path = self.safe_path(run_id)
         if not (path / "run.json").exists():
@@ -336,6 +337,11 @@ class RunStore:
             raise CorruptRunError(f"{where}: 'created' is not a string")
         if not isinstance(meta.get("status", ""), str):
             raise CorruptRunError(f"{where}: 'status' is not a string")
+        recorded = meta.get("id", path.name)
+        if recorded != path.name:  # a copied or renamed folder: not a second run under the same id
+            shown = recorded if isinstance(recorded, str) and _ID_RE.fullmatch(recorded) else "another id"
+            raise CorruptRunError(f"{where} records run {shown!r}: this folder is a copy or was renamed (rename it "
+                                  f"back, or delete it: that removes only this folder)")
         return meta
 
     def _status(self, run_id: str, meta: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -95,8 +96,60 @@ def cache_dir() -> Path:
     return root
 
 
-def cache_key(**settings: Any) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def source_hash(*builders: Any) -> str:
+    """A hash of the source code of ``builders`` (functions, classes): a cache built by changed code is not
+    reused."""
+    h = hashlib.sha256()
+    for b in builders:
+        try:
+            text = inspect.getsource(b)
+        except (OSError, TypeError):  # no source (a builtin, a frozen install): its qualified name stands in
+            text = f"{getattr(b, '__module__', '?')}.{getattr(b, '__qualname__', repr(b))}"
+        h.update(text.encode())
+    return h.hexdigest()[:16]
+
+
+def cache_key(*builders: Any, **settings: Any) -> str:
+    """The key of a cached artefact: a hash of every setting that shapes it (``settings``: data split,
+    normalisation, optimiser, ...), of the source of the code that builds it (``builders``, see
+    :func:`source_hash`) and of the torch version, so that no change of settings, code or library reads a stale
+    cache (issue 16.10: a changed split loaded a model pretrained on 349 of the new validation digits)."""
+    payload = {"settings": settings, "code": source_hash(*builders), "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- which folders task options may name ------------------------------------------------------------------------
+_ALLOWED_ROOTS: list[Path] | None = None
+
+
+def restrict_paths(roots: list[Path | str] | None) -> None:
+    """Limit the folders task options (``data_dir``, a local ``model``) may name to ``roots`` and below, for this
+    process; None lifts the limit (the library's default). A server facing other users calls it at start with the
+    folders it was given, so a form cannot make it read any file of the machine (issue 16.11)."""
+    global _ALLOWED_ROOTS
+    _ALLOWED_ROOTS = None if roots is None else [Path(r).expanduser().resolve() for r in roots]
+
+
+def allowed_roots() -> list[Path] | None:
+    """The folders set by :func:`restrict_paths` (None: no limit)."""
+    return None if _ALLOWED_ROOTS is None else list(_ALLOWED_ROOTS)
+
+
+def check_path(task: str, name: str, value: str | os.PathLike | None) -> None:
+    """Refuse a path option outside the folders of :func:`restrict_paths` with a :class:`ConfigError` naming the
+    option and the allowed folders (never where the given path resolves to)."""
+    if value is None or _ALLOWED_ROOTS is None:
+        return
+    try:
+        resolved = Path(value).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        resolved = None
+    for root in _ALLOWED_ROOTS:
+        if resolved is not None and resolved.is_relative_to(root):
+            return
+    where = ", ".join(str(r) for r in _ALLOWED_ROOTS) or "none"
+    raise ConfigError(f"{task}: {name}={str(value)!r} is invalid; {name} must be a folder inside the folders this "
+                      f"server was started with ({where})")
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
