@@ -42,11 +42,12 @@ def test_generator_is_private_to_each_thread_and_none_outside():
     assert torch.equal(seen["t0"], torch.rand(8, generator=torch.Generator().manual_seed(0)))
 
 
-@pytest.mark.parametrize("variant,config", [("lora", {}), ("nola", {}), ("tlora", {}), ("block-lora", {}),
-                                            ("uni-lora", {}), ("fora", {}), ("sora", {}), ("adalora", {}),
-                                            ("increlora", {}), ("loca", {"n": 64}), ("fourierft", {"init_zero": False}),
-                                            ("pissa", {"niter": 2}), ("bayesian-lora", {})])
-def test_initialisation_is_the_same_while_another_thread_draws(variant, config):
+EXTRA = {"loca": {"n": 64}, "fourierft": {"init_zero": False}, "pissa": {"niter": 2}}  # draws that defaults skip
+
+
+@pytest.mark.parametrize("variant", wb.variant_names())
+def test_initialisation_is_the_same_while_another_thread_draws(variant):
+    config = {**wb.get_variant(variant).example_config, **EXTRA.get(variant, {})}
     solo = _adapter(variant, **config)
     stop = threading.Event()
     noise = threading.Thread(target=_hammer, args=(stop,), daemon=True)
@@ -54,15 +55,19 @@ def test_initialisation_is_the_same_while_another_thread_draws(variant, config):
     sys.setswitchinterval(1e-6)  # let the threads interleave between any two draws (torch.randn holds the GIL)
     noise.start()
     try:
-        busy = [_adapter(variant, **config) for _ in range(3)]
+        busy = [_adapter(variant, **config) for _ in range(2)]
     finally:
         stop.set()
         noise.join()
         sys.setswitchinterval(interval)
+    # QWHA's least-squares init (torch.linalg.lstsq) differs in the last bit between identical calls in one process,
+    # threads or not (3e-8 once in 12 sequential builds: LAPACK's paths depend on memory alignment); it draws nothing
+    exact = variant != "qwha"
     for state in busy:
         assert state.keys() == solo.keys()
         for k in solo:
-            assert torch.equal(state[k], solo[k]), f"{variant}: {k} changed while another thread drew"
+            same = torch.equal(state[k], solo[k]) if exact else torch.allclose(state[k], solo[k], rtol=0, atol=1e-6)
+            assert same, f"{variant}: {k} changed while another thread drew"
 
 
 def test_dropout_masks_come_from_the_run_stream():
