@@ -84,8 +84,12 @@ def _module_tensors(module: nn.Module | None) -> list[torch.Tensor]:
 def adaptation_bytes(variant_cls, cfg, shapes: dict[str, tuple[int, int]], seed: int = 0) -> int | None:
     """Bytes of the parameters and buffers ``variant_cls``'s layers would hold on target ``shapes``, from a
     construction on the ``meta`` device (nothing allocated). Layers of one shape are built once and counted per
-    layer. When the variant cannot be built on ``meta`` (it reads values while initialising) its own
-    ``estimate_bytes(cfg, shapes)`` classmethod answers, if it declares one; else None."""
+    layer. A variant that declares its own ``estimate_bytes(cfg, shapes)`` classmethod answers instead, and first:
+    one that reads values while initialising cannot be built on ``meta``, and may allocate in NumPy before it fails
+    there (Uni-LoRA's slots, QWHA's Hadamard matrix). With neither, None."""
+    own = getattr(variant_cls, "estimate_bytes", None)
+    if own is not None:  # the variant's own count, first: its meta build may allocate in NumPy before failing
+        return int(own(cfg, shapes))
     try:
         with torch.device("meta"):
             shared = variant_cls.SharedModule(cfg, shapes, seed) if variant_cls.SharedModule is not None else None
@@ -99,9 +103,8 @@ def adaptation_bytes(variant_cls, cfg, shapes: dict[str, tuple[int, int]], seed:
                     per_shape[(out_f, in_f)] = tensor_bytes(_module_tensors(layer),
                                                             skip=_module_tensors(base) + shared_tensors)
                 total += per_shape[(out_f, in_f)]
-    except Exception:  # noqa: BLE001 - a construction that needs real values: the variant's own estimate, or none
-        own = getattr(variant_cls, "estimate_bytes", None)  # (the real build, and its own errors, follow)
-        return None if own is None else int(own(cfg, shapes))
+    except Exception:  # noqa: BLE001 - a construction that needs real values and no estimate: none
+        return None  # (the real build, and its own errors, follow)
     return total
 
 

@@ -45,6 +45,21 @@ def slot_assignment(n_entries: int, d: int, seed: int) -> torch.Tensor:
     return torch.as_tensor(data, dtype=torch.long)
 
 
+def build_bytes(config: UniLoRAConfig, shapes) -> tuple[int, int]:
+    """(bytes the shared module keeps, bytes alive at the peak of building it) for layers of ``shapes`` (out, in).
+
+    With D = Σ r(d_in + d_out) LoRA entries, it keeps θ_d (4·d), the slot of every entry (int64, 8·D: the NumPy
+    array itself, shared by ``torch.as_tensor``) and its scale (4·D). The peak is the largest of, on top of θ_d:
+    :func:`slot_assignment` (``arange(d)`` next to the repeated slots, 8·d + 8·d·⌊D/d⌋; the concatenation with the
+    remainder, 16·D), the counts (``bincount``'s int64 and float32 copies, then the mask, reciprocal root, zeros and
+    chosen scale next to the slots: 8·D + 17·d) and the per-entry scales (12·D + 8·d, counts and scale still alive).
+    The layers keep nothing of their own (slices into θ_d)."""
+    n, d = sum(config.r * (i + o) for o, i in shapes.values()), config.d
+    repeated = 8 * d * (n // d)
+    assignment = max(8 * d + repeated, 16 * n if n % d else 0)
+    return 4 * d + 12 * n, 4 * d + max(assignment, 8 * n + 17 * d, 12 * n + 8 * d)
+
+
 class UniLoRAShared(Shared):
     """θ_d and, for every layer, which slot each entry of its A and B reads (with the isometry's scale)."""
 
@@ -97,3 +112,9 @@ class UniLoRA(Variant):
     example_config = {"r": 2, "d": 64}
     budget_field = "d"  # r does not change the count: the one trained vector has d entries
     notes = "Matches PEFT 0.21's Uni-LoRA (balanced shuffled slots, 1/√count scales, θ_d ~ U(-0.02, 0.02))."
+
+    @classmethod
+    def estimate_bytes(cls, cfg: UniLoRAConfig, shapes: dict[str, tuple[int, int]]) -> int:
+        """Peak bytes of building the adapter on ``shapes`` (out, in), read by ``memory.adaptation_bytes``: the slot
+        assignment runs in NumPy and ``bincount`` reads values, so it cannot be built on ``meta`` to be counted."""
+        return build_bytes(cfg, shapes)[1]

@@ -55,6 +55,16 @@ def dct_matrix(n: int) -> torch.Tensor:
     return torch.from_numpy(scipy.fft.dct(torch.eye(n, dtype=torch.float64).numpy(), norm="ortho", axis=0)).float()
 
 
+def build_bytes(config: LoCAConfig, out_f: int, in_f: int) -> tuple[int, int]:
+    """(bytes a float32 ``out_f``×``in_f`` layer keeps, bytes alive at the peak of building it), from the config.
+
+    Kept: C_out and C_in (4·(d_out² + d_in²)), the n coefficients and the 2×n continuous locations (12·n).
+    Peak: :func:`dct_matrix` holds the float64 identity and its DCT (8·d² each) before the float32 copy is made,
+    so building C_out peaks at 16·d_out², and building C_in at 4·d_out² + 16·d_in² (C_out already kept)."""
+    kept = 4 * (out_f * out_f + in_f * in_f) + 12 * config.n
+    return kept, max(16 * out_f * out_f, 4 * out_f * out_f + 16 * in_f * in_f, kept)
+
+
 def grid_index(u: torch.Tensor, size: int) -> torch.Tensor:
     return torch.round(u.clamp(0.0, 0.999) * (size - 1)).long()
 
@@ -131,6 +141,14 @@ class LoCA(Variant):
                reason="loc_lr 1e-2, search 50%: one grid cell is 1/(d−1) of a location's range, and the "
                       "paper's 1e-4 in 20 search steps (sized for 768-wide layers) moves under 6% of them")
         for task in ("synthetic:*", "digits:*"))
+
+    @classmethod
+    def estimate_bytes(cls, cfg: LoCAConfig, shapes: dict[str, tuple[int, int]]) -> int:
+        """Peak bytes of building the adapter on ``shapes`` (out, in), read by ``memory.adaptation_bytes``: the DCT
+        basis goes through NumPy, so the layers cannot be built on ``meta`` to be counted. What every layer keeps,
+        plus the largest build temporary of one layer (temporaries are freed before the next layer is built)."""
+        sizes = [build_bytes(cfg, o, i) for o, i in shapes.values()]
+        return sum(kept for kept, _ in sizes) + max((peak - kept for kept, peak in sizes), default=0)
 
     def param_groups(self, adaptation, lr, weight_decay):
         layers = [layer for _, layer in adaptation.named_layers()]

@@ -147,6 +147,48 @@ def ada_alloc(norms: torch.Tensor, budget: int, cap: int) -> torch.Tensor:
     return counts
 
 
+def _order(n: int) -> tuple[int, int]:
+    """:func:`hadamard_order` without building the Paley matrix it tests (that is m² floats), (1, n) if none."""
+    power = n & -n
+    while power >= 1:
+        m = n // power
+        if m == 1 or (_is_prime(m - 1) and (m - 1) % 4 == 3):
+            return m, power
+        power //= 2
+    return 1, n
+
+
+def build_bytes(config: QWHAConfig, out_f: int, in_f: int) -> tuple[int, int]:
+    """(bytes a float32 ``out_f``×``in_f`` layer keeps, bytes alive at the peak of building it), from the config.
+
+    Kept: W0 and the quantized copy of the base (8·d_out·d_in + 4·d_out for its bias), H (4·d_in²), and the
+    p = min(r(d_in + d_out), d_out·d_in) rows, columns (long) and coefficients (20·p). The peak is the largest of
+    three phases, each on top of what is kept by then:
+
+    * :func:`quantize`: the padded copy and two elementwise temporaries (RTN, 12 bytes an entry), or the
+      distances to the 2^bits NF levels and their absolute values (4·(1 + 2·2^bits) bytes an entry);
+    * :func:`hadamard`: ``scipy.linalg.hadamard``'s last Sylvester step (18·P² for the 2^k part P, int64), then for
+      Paley widths the float64 Kronecker product and its float32 copy (12·d_in² + 8·P²);
+    * :meth:`QWHALayer.initialise` in float64: ΔW_Q, x₀ and v (8·d_out·d_in each), H, R and H⁻¹R (8·d_in² each,
+      plus H⁻¹'s scaled copy while H⁻¹R is formed), and the channels' lstsq solutions, each of which keeps a
+      d_in-long float64 storage (another 8·d_out·d_in), with the index lists, the tensor overhead and the heap
+      left by each channel's lstsq temporaries (≈ 8 KiB a channel, measured).
+
+    Measured peaks (RSS, glibc's mmap threshold fixed at 64 KiB) come within 0.75–1.3× of this."""
+    p = min(config.r * (in_f + out_f), out_f * in_f)
+    padded = out_f * (in_f + (-in_f) % min(config.group_size, in_f))
+    copies = 8 * out_f * in_f + 4 * out_f
+    kept = copies + 4 * in_f * in_f + 20 * p
+    quant = 12 * padded if config.quantizer == "rtn" else 4 * padded * (1 + 2 * 2 ** config.bits)
+    m, power = _order(in_f)
+    had = 18 * power * power if m == 1 else max(18 * power * power, 8 * power * power + 12 * in_f * in_f)
+    wide, square = 8 * out_f * in_f, 8 * in_f * in_f
+    init = max(2 * wide + 4 * square, 4 * wide + 3 * square + 28 * p + 8192 * out_f)
+    if config.calib_batches:  # initialise(gram): the eigenvectors of X Xᵀ stay alive next to R
+        init += square
+    return kept, max(copies + quant, copies + had, kept + init)
+
+
 class QWHALayer(DenseDeltaLayer):
     frequency_basis = "wht"  # F's rows/cols index Walsh–Hadamard coefficients
     frequency_sides = "input"  # ΔW = F H⁻¹: only the input side is transformed; F's rows are channels
@@ -232,6 +274,16 @@ class QWHA(Variant):
              "weighs channels by ‖(ΔW_Q X)_i‖ as the paper's Eq. (7) (the official code uses ‖x₀,ᵢ‖, the norm of "
              "the dense WHT coefficients). Probes read the change from the full-precision W0, W_Q + F H⁻¹ − W0; the "
              "coefficients are not weight-decayed (decay would undo the quantisation-error correction).")
+
+    @classmethod
+    def estimate_bytes(cls, cfg: QWHAConfig, shapes: dict[str, tuple[int, int]]) -> int:
+        """Peak bytes of building the adapter on ``shapes`` (out, in), read by ``memory.adaptation_bytes``: AdaAlloc
+        reads values (``.item()``) and H comes from NumPy, so the layers cannot be built on ``meta`` to be counted.
+        What every layer keeps, plus the largest build temporary of one layer (freed before the next is built),
+        plus, when ``calib_batches`` > 0, the float64 X Xᵀ that :meth:`prepare` holds for every layer at once."""
+        sizes = [build_bytes(cfg, o, i) for o, i in shapes.values()]
+        grams = sum(8 * i * i for _, i in shapes.values()) if cfg.calib_batches else 0
+        return sum(kept for kept, _ in sizes) + grams + max((peak - kept for kept, peak in sizes), default=0)
 
     def prepare(self, ctx, batches):
         adaptation, task = ctx.adaptation, ctx.task
