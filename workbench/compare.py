@@ -103,7 +103,8 @@ def compare(task, variants: Sequence[str], *, budget: int | None = None, budget_
     validation metric; a float uses one rate for all; a dict gives one per entry. ``budget`` matches trainable
     parameters (``budget_on="saved"``: the numbers the saved adapter holds, :func:`~workbench.budget.saved_numbers`,
     which for LoLDU, SVFit or LoRA-XS are many more than they train). ``configs`` gives per-entry (or per-variant)
-    hyper-parameters (on top of each variant's defaults and its preset for the task); ``steps=None`` is the task's default; ``common`` is passed to every ``train()`` call.
+    hyper-parameters (on top of each variant's defaults and its preset for the task); ``steps=None`` is the task's
+    default; ``common`` is passed to every ``train()`` call.
     """
     variants = list(variants)
     if not variants:
