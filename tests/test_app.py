@@ -349,3 +349,16 @@ def test_learn_demo_completes_its_short_run_and_learns():
     assert run.summary["steps_done"] == cb.DEMO_STEPS <= 200
     final, init = run.summary["final_loss"], run.summary["init_loss"]
     assert math.isfinite(final) and final < 0.5 * init
+
+
+def test_learn_has_a_card_for_every_recipe_from_its_declaration():
+    # issue 18: the Learn tab offers the recipes; each card names the paper, whether it needs factors and every option
+    from workbench.dashboard.learn import recipe_card
+
+    for info in wb.recipes():
+        card = recipe_card(info.name)
+        assert info.name in card and (info.paper in card if info.paper else True)
+        for f in info.config.fields_info():
+            assert f"`{f['name']}`" in card
+        assert ("factors" in card) == info.needs_factors or "any variant" in card
+    assert recipe_card("no-such-recipe") == ""

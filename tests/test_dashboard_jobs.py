@@ -362,3 +362,116 @@ def test_inspect_shows_doras_magnitudes_and_compare_its_sweep(tmp_path):
     sweep = cb.comparison_sweep(job.id)
     xs = sorted(x for t in sweep.data if t.x is not None for x in t.x)
     assert len(set(xs)) == 3  # the three swept rates, the chosen one among them
+
+
+def test_the_train_tab_trains_with_a_recipe_and_its_edited_options(tmp_path):
+    # issue 18: the recipe form is generated from the recipe's Config and follows the settings' recipe row; an edited
+    # option reaches train(recipe_options=...) and the run records it; a bad one is refused in the request, named
+    settings, config, _ = cb.train_forms(TASK, "lora")
+    settings.loc[settings.field == "recipe", "value"] = "altlora"
+    settings.loc[settings.field == "steps", "value"] = "4"
+    form, line = cb.recipe_form(settings, "lora")
+    assert "altlora" in line and set(form.field) == set(wb.get_recipe("altlora").Config.field_names())
+    form.loc[form.field == "mode", "value"] = "alternate"
+    job = wait(cb.start_training(TASK, "lora", settings, config, str(tmp_path), None, form))
+    assert job.error is None and job.run is not None
+    assert job.run.config["recipe"] == "altlora" and job.run.config["recipe_options"]["mode"] == "alternate"
+    form.loc[form.field == "beta1", "value"] = "7"
+    with pytest.raises(wb.ConfigError, match="beta1"):
+        cb.start_training(TASK, "lora", settings, config, str(tmp_path), None, form)
+    settings.loc[settings.field == "recipe", "value"] = "adamx"
+    with pytest.raises(wb.ConfigError, match="adamx"):
+        cb.recipe_form(settings, "lora")
+
+
+def test_compare_accepts_variant_and_recipe_pairs():
+    with pytest.raises(wb.ConfigError, match="nosuch"):
+        cb.start_comparison(TASK, ["lora+nosuch"], "0", "2", "0.01", "/tmp/unused-runs")
+
+
+def test_the_servers_setup_limits_text_folders_to_its_data_folder(tmp_path, monkeypatch):
+    """``serve`` calls :func:`dashboard_app.configure`: a form's text ``data_dir`` outside ``--data-dir`` is refused,
+    one inside passes the check (the missing files are the next complaint), and ``build_app`` alone sets no limit."""
+    import argparse
+
+    from workbench.tasks.base import allowed_roots, restrict_paths
+
+    data, outside = tmp_path / "data", tmp_path / "secret"
+    data.mkdir()
+    outside.mkdir()
+    monkeypatch.delenv("WORKBENCH_DATA_DIR", raising=False)
+    try:
+        dashboard_app.configure(argparse.Namespace(data_dir=str(data), runs=str(tmp_path / "runs")))
+        assert allowed_roots() == [data.resolve()]
+        with pytest.raises(wb.ConfigError, match=r"data_dir=.* is invalid; data_dir must be a folder inside"):
+            wb.tasks.get("text:sst2", data_dir=str(outside))
+        with pytest.raises(wb.ConfigError, match="train.tsv"):
+            wb.tasks.get("text:sst2", data_dir=str(data))
+        # with no data folder at all, every local folder is refused
+        monkeypatch.delenv("WORKBENCH_DATA_DIR", raising=False)
+        dashboard_app.configure(argparse.Namespace(data_dir=None, runs=str(tmp_path / "runs")))
+        assert allowed_roots() == []
+        with pytest.raises(wb.ConfigError, match=r"data_dir must be a folder inside .*\(none\)"):
+            wb.tasks.get("text:sst2", data_dir=str(data))
+    finally:
+        restrict_paths(None)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and gradio: ~10-25 s
+def test_a_process_ending_right_after_build_app_exits_cleanly(tmp_path):
+    """The warm-up thread is started once per process and joined at exit: a process that builds the app and ends
+    at once used to abort inside ``import torch._dynamo`` (exit status 134), not exit with 0."""
+    import subprocess
+    import sys
+
+    thread = dashboard_app.start_warm_up()
+    assert dashboard_app.start_warm_up() is thread  # once per process, however many apps are built
+    code = f"from workbench.dashboard import app; app.build_app({str(tmp_path)!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+def test_a_finished_job_lets_go_of_its_model_and_a_sessions_older_jobs_are_forgotten(tmp_path):
+    """The soak's memory (issue 16): a finished job's saved run drops its live adaptation (a view that needs it
+    restores it from the store), and a session's new job forgets its finished jobs of that kind (its page shows
+    one job per kind); another session's job is kept."""
+    from workbench import figures
+
+    first = wait(start(tmp_path, settings={"steps": 6, "every": 3}, variant="dora", owner="session-a"))
+    other = wait(start(tmp_path, settings={"steps": 6, "every": 3}, owner="session-b"))
+    run = first.run
+    assert run.status == "completed" and run.adaptation is None and (run.path / "adapter").is_dir()
+    assert figures._adaptation_of(run) is not None  # restored from the store for the magnitude view
+    assert len(cb.live_figures(first.id)) == 4 and run.snapshots  # the live plots still have their data
+    second = wait(start(tmp_path, settings={"steps": 6, "every": 3}, owner="session-a"))
+    assert jobs.get(first.id) is None and jobs.get(second.id) is second and jobs.get(other.id) is other
+
+
+def test_sliders_checkbox_groups_and_tables_name_the_field_on_a_value_of_the_wrong_shape(tmp_path):
+    """What a hand-written client may send (the fuzz, issue 16): a message naming the field and what it allows,
+    raised as gr.Error before any callback (Gradio's own preprocess raised TypeError: a bare "Error")."""
+    import gradio as gr
+
+    demo = dashboard_app.build_app(str(tmp_path))
+    by_label = {getattr(b, "label", None): b for b in demo.blocks.values()}
+    smooth = by_label["smoothing of the training loss"]
+    for bad in ("abc", None, [1, 2], float("nan"), 5.0):
+        with pytest.raises(gr.Error, match=r"smoothing of the training loss: .* is not a number in \[0, 0\.99\]"):
+            smooth.preprocess(bad)
+    assert smooth.preprocess(0.5) == 0.5
+    variants = next(b for label, b in by_label.items() if label and label.startswith("variants"))
+    with pytest.raises(gr.Error, match=r"variants: 5 is not a list; choose one or more of .*\blora, .*\bdora\b"):
+        variants.preprocess(5)
+    settings = next(b for label, b in by_label.items() if label and label.startswith("training settings"))
+    for bad, shown in (("not a table", "'not a table'"), (7, "7")):
+        with pytest.raises(gr.Error, match=rf"training settings: the table must have columns field, value "
+                                           rf"\(got {shown}\)"):
+            settings.data_model.model_validate(bad)
+    with pytest.raises(gr.Error, match=r"training settings: the table must have columns field, value \(got x\)"):
+        settings.preprocess(settings.data_model.model_validate({"headers": ["x"], "data": [[None]]}))
+    with pytest.raises(gr.Error, match=r"\(got None\)"):
+        settings.preprocess(None)
+    good = settings.data_model.model_validate({"headers": ["field", "value"], "data": [["steps", "5"]]})
+    assert list(settings.preprocess(good).columns) == ["field", "value"]
+    with pytest.raises(wb.ConfigError, match=r"^run: \"\['lora', 'dora'\]\" is not a run id"):
+        cb.delete_run(str(tmp_path), ["lora", "dora"])

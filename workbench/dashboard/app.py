@@ -11,19 +11,31 @@ internet (system fonts only; KaTeX's fonts ship with Gradio).
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import functools
+import inspect
 import os
 import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
 
 import gradio as gr  # noqa: E402
+from gradio import component_meta  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from .. import figures  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
+from ..recipes import recipe_names  # noqa: E402
+from ..tasks.base import restrict_paths  # noqa: E402
 from . import callbacks as cb  # noqa: E402
 from .arguments import DEFAULT_HOST, DEFAULT_PORT, add_arguments  # noqa: E402
+from .learn import recipe_card  # noqa: E402
 
 THEME = gr.themes.Default(font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
                           font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
@@ -36,7 +48,101 @@ CSS = (".status {min-height: 2.5em}\n"
 DEFAULT_TASK = "synthetic:lowrank"
 SOURCED_WIDTHS = ["15%", "12%", "7%", "24%", "42%"]  # field, value, from, allowed, help
 OPTION_WIDTHS = ["15%", "12%", "28%", "45%"]  # field, value, allowed, help
+FORM_COLUMNS = ["field", "value"]  # what the callbacks read from a form
 FORM_LABEL = "(edit the value column; 'from' says where a value came from: default, task or preset)"
+
+
+@contextlib.contextmanager
+def _no_stub_files():
+    """Define Gradio components without the ``.pyi`` stub Gradio's metaclass writes next to their module (meant
+    for custom-component projects; here it would write ``app.pyi`` into the installed package at import)."""
+    write, component_meta.create_or_modify_pyi = component_meta.create_or_modify_pyi, lambda *args: None
+    try:
+        yield
+    finally:
+        component_meta.create_or_modify_pyi = write
+
+
+def _short(label: str | None) -> str:
+    """A label without its trailing hint in parentheses ("training settings (edit the value ...)")."""
+    return (label or "table").split(" (")[0]
+
+
+def _table_message(label: str, columns: Sequence[str], got: Any) -> str:
+    wanted = f"columns {', '.join(columns)}" if columns else "a header row and rows of cells"
+    shown = (", ".join(map(str, got.headers or [])) or "no columns") if hasattr(got, "headers") else repr(got)[:60]
+    return f"{label}: the table must have {wanted} (got {shown})"
+
+
+class _CheckedTable:
+    """A Dataframe's data model (Gradio validates the sent table with it before ``preprocess``) that turns a
+    malformed table (text, a number, rows of the wrong kind) into a message naming the table, not a bare "Error"."""
+
+    def __init__(self, model: Any, label: str, columns: Sequence[str]):
+        self._model, self._label, self._columns = model, label, columns
+
+    def model_validate(self, obj: Any, *args, **kwargs):
+        try:
+            return self._model.model_validate(obj, *args, **kwargs)
+        except (ValidationError, TypeError, ValueError):
+            raise gr.Error(_table_message(self._label, self._columns, obj)) from None
+
+    def __getattr__(self, name: str):  # model_json_schema, from_json, ...: the model's own
+        if name.startswith("_"):  # copy/pickle protocol and our own fields: not the model's
+            raise AttributeError(name)
+        return getattr(self._model, name)
+
+
+# The app's sliders, checkbox groups and tables. A hand-written client may send any JSON for them; Gradio's own
+# preprocessing then fails with a TypeError or a pydantic error, which the page shows as a bare "Error". These
+# refuse such a value with a message naming the field (its label) and what it allows.
+with _no_stub_files():
+    class Slider(gr.Slider):
+        """``gr.Slider`` refusing a value that is not a number in its range (text, None, a list, NaN)."""
+
+        def preprocess(self, payload: Any) -> float:
+            number = isinstance(payload, (int, float)) and not isinstance(payload, bool)
+            if not number or not self.minimum <= payload <= self.maximum:  # NaN fails the comparison too
+                raise gr.Error(f"{_short(self.label)}: {payload!r:.60} is not a number in "
+                               f"[{self.minimum:g}, {self.maximum:g}]")
+            return super().preprocess(payload)
+
+    class CheckboxGroup(gr.CheckboxGroup):
+        """``gr.CheckboxGroup`` refusing anything but a list (Gradio's own check names a value not among the
+        choices)."""
+
+        def preprocess(self, payload: Any) -> list:
+            if not isinstance(payload, list):
+                names = ", ".join(str(value) for _, value in self.choices)
+                raise gr.Error(f"{_short(self.label)}: {payload!r:.60} is not a list; choose one or more of {names}")
+            return super().preprocess(payload)
+
+    class Dataframe(gr.Dataframe):
+        """``gr.Dataframe`` refusing what is not a table (text, a number, None) or lacks the ``columns`` the
+        callbacks read (a form's ``field`` and ``value``; the Runs table's ``id``). ``label`` names it in messages
+        even where it is not shown."""
+
+        def __init__(self, value: Any = None, *, columns: Sequence[str] = (), **kwargs):
+            super().__init__(value=value, **kwargs)
+            self.columns = list(columns)
+            self.data_model = _CheckedTable(type(self).data_model, _short(self.label), self.columns)
+
+        # Gradio reads a component's settings from its __init__'s signature (the page's config, gr.update's keys,
+        # the per-session copies it builds): gr.Dataframe's, plus ``columns``
+        __init__.__signature__ = inspect.signature(gr.Dataframe.__init__).replace(parameters=[
+            *inspect.signature(gr.Dataframe.__init__).parameters.values(),
+            inspect.Parameter("columns", inspect.Parameter.KEYWORD_ONLY, default=())])
+
+        def get_config(self, cls=None) -> dict[str, Any]:
+            config = super().get_config(cls)
+            config.pop("columns", None)  # the server's check, not a setting of the page's table
+            return config
+
+        def preprocess(self, payload: Any):
+            empty = payload is not None and not payload.headers and not any(payload.data)  # no rows: nothing to read
+            if payload is None or (not empty and any(c not in (payload.headers or []) for c in self.columns)):
+                raise gr.Error(_table_message(_short(self.label), self.columns, payload))
+            return super().preprocess(payload)
 
 
 def _safe(fn, n_outputs: int):
@@ -46,8 +152,17 @@ def _safe(fn, n_outputs: int):
             return fn(*args)
         except (ConfigError, FileNotFoundError, ValueError) as exc:
             gr.Warning(str(exc))
-            return tuple(gr.skip() for _ in range(n_outputs)) if n_outputs > 1 else gr.skip()
+        except gr.Error:
+            raise
+        except Exception as exc:  # a bug or an input no check foresaw: name the callback, never a bare "Error"
+            gr.Warning(f"{_name(fn)}: {type(exc).__name__}: {exc}")
+        return tuple(gr.skip() for _ in range(n_outputs)) if n_outputs > 1 else gr.skip()
     return wrapped
+
+
+def _name(fn) -> str:
+    name = getattr(fn, "__name__", "callback")
+    return "the callback" if name == "<lambda>" else name
 
 
 def _owned(fn, n_outputs: int):
@@ -55,7 +170,7 @@ def _owned(fn, n_outputs: int):
     session has one job of a kind at a time and Stop reaches all of them (``jobs.py``)."""
     def wrapped(request: gr.Request, *args):  # Gradio passes the request to a parameter annotated gr.Request
         owner = getattr(request, "session_hash", None)
-        return _safe(lambda *a: fn(*a, owner=owner), n_outputs)(*args)
+        return _safe(functools.wraps(fn)(lambda *a: fn(*a, owner=owner)), n_outputs)(*args)  # its name in messages
     return wrapped
 
 
@@ -73,7 +188,11 @@ def _confirmable(fn):
                 return gr.skip(), f"⚠️ {exc}", gr.update(visible=True)
             except (ConfigError, FileNotFoundError, ValueError) as exc:
                 gr.Warning(str(exc))
-                return gr.skip(), gr.skip(), gr.skip()
+            except gr.Error:
+                raise
+            except Exception as exc:  # as in _safe: name the callback
+                gr.Warning(f"{_name(fn)}: {type(exc).__name__}: {exc}")
+            return gr.skip(), gr.skip(), gr.skip()
         return wrapped
     return handler(False), handler(True)
 
@@ -89,14 +208,32 @@ def captioned_plot(label: str, builder: str, kind: str | None = None, elem_id: s
 def task_options_form(task_name: str) -> gr.Dataframe:
     """The task's options as a form generated from its declaration, folded away (most runs keep the defaults)."""
     with gr.Accordion("task options (from the task's declaration; edit the value column)", open=False):
-        return gr.Dataframe(cb.task_options_form(task_name), show_label=False, interactive=True,
-                            static_columns=[0, 2, 3], wrap=True, column_widths=OPTION_WIDTHS)
+        return Dataframe(cb.task_options_form(task_name), label="task options", show_label=False, interactive=True,
+                         columns=FORM_COLUMNS, static_columns=[0, 2, 3], wrap=True, column_widths=OPTION_WIDTHS)
+
+
+WARM_UP_EXIT_SECONDS = 60  # how long the interpreter's exit waits for an unfinished warm-up
+_warm_up: threading.Thread | None = None
+_WARM_UP_LOCK = threading.Lock()
+
+
+def start_warm_up() -> threading.Thread:
+    """Start :func:`~workbench.dashboard.callbacks.warm_up` in the background, once per process (what it warms is
+    the process's), and have the interpreter's exit wait for it: a process ending while the thread is still inside
+    ``import torch._dynamo`` aborts ("terminate called without an active exception", exit status 134)."""
+    global _warm_up
+    with _WARM_UP_LOCK:
+        if _warm_up is None:
+            _warm_up = threading.Thread(target=cb.warm_up, name="warm-up", daemon=True)
+            _warm_up.start()
+            atexit.register(_warm_up.join, WARM_UP_EXIT_SECONDS)
+    return _warm_up
 
 
 def build_app(runs_root: str = "runs") -> gr.Blocks:
     variants = cb.variant_names()
     task_list = cb.task_names()
-    threading.Thread(target=cb.warm_up, name="warm-up", daemon=True).start()  # the first Run starts sooner
+    start_warm_up()  # the first Run starts sooner
 
     with gr.Blocks(title="LoRA Workbench", analytics_enabled=False) as demo:
         root = gr.State(runs_root)
@@ -110,6 +247,10 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                     learn_task = gr.Dropdown(task_list, value="synthetic:lowrank", label="count parameters on task")
                 learn_md = gr.Markdown(latex_delimiters=[{"left": "$", "right": "$", "display": False}],
                                        elem_classes="learn-card")
+                learn_recipe = gr.Dropdown(["none"] + recipe_names(), value="none",
+                                           label="optimizer recipe (how an adapter is trained, not its shape)",
+                                           elem_id="learn-recipe")
+                learn_recipe_md = gr.Markdown(elem_classes="learn-card", elem_id="learn-recipe-card")
                 demo_btn = gr.Button("Watch a 10-second demo on synthetic:lowrank", variant="primary")
                 demo_status = gr.Markdown(elem_classes="status")
                 demo_config = gr.Markdown(elem_id="demo-config")
@@ -126,18 +267,23 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                 settings_form, config_form, preset_text = cb.train_forms(DEFAULT_TASK, "lora")
                 preset_md = gr.Markdown(preset_text, elem_classes="preset")
                 task_opts = task_options_form(DEFAULT_TASK)
-                config = gr.Dataframe(config_form, label=f"hyper-parameters of the variant {FORM_LABEL}",
-                                      interactive=True, static_columns=[0, 2, 3, 4], wrap=True,
-                                      column_widths=SOURCED_WIDTHS, elem_id="train-config")
-                settings = gr.Dataframe(settings_form, label=f"training settings {FORM_LABEL}", interactive=True,
-                                        static_columns=[0, 2, 3, 4], wrap=True, column_widths=SOURCED_WIDTHS,
-                                        max_height=330, elem_id="train-settings")
+                config = Dataframe(config_form, label=f"hyper-parameters of the variant {FORM_LABEL}",
+                                   columns=FORM_COLUMNS, interactive=True, static_columns=[0, 2, 3, 4], wrap=True,
+                                   column_widths=SOURCED_WIDTHS, elem_id="train-config")
+                settings = Dataframe(settings_form, label=f"training settings {FORM_LABEL}", interactive=True,
+                                     columns=FORM_COLUMNS, static_columns=[0, 2, 3, 4], wrap=True,
+                                     column_widths=SOURCED_WIDTHS, max_height=330, elem_id="train-settings")
+                recipe_table, recipe_text = cb.recipe_form(settings_form, "lora")
+                recipe_md = gr.Markdown(recipe_text, elem_id="train-recipe")
+                recipe_opts = Dataframe(recipe_table, label=f"options of the recipe {FORM_LABEL}",
+                                        columns=FORM_COLUMNS, interactive=True, static_columns=[0, 2, 3], wrap=True,
+                                        elem_id="train-recipe-options")
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary")
                     stop_btn = gr.Button("Stop")
                 train_status = gr.Markdown(elem_classes="status")
                 with gr.Row():
-                    train_smooth = gr.Slider(0, 0.99, value=0.0, step=0.01, label="smoothing of the training loss",
+                    train_smooth = Slider(0, 0.99, value=0.0, step=0.01, label="smoothing of the training loss",
                                              elem_id="train-smoothing")
                     train_scale = gr.Radio(["log", "linear"], value="log", label="loss axis", elem_id="train-scale")
                 with gr.Row():
@@ -161,23 +307,25 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                     cmp_lr = gr.Textbox("sweep", label="learning rate (a number, or 'sweep')")
                     cmp_budget = gr.Textbox("", label="parameter budget", placeholder="blank: each variant's own size")
                 cmp_task_opts = task_options_form(DEFAULT_TASK)
-                cmp_variants = gr.CheckboxGroup(variants, value=["lora", "dora"], label="variants")
+                cmp_variants = CheckboxGroup(variants + [f"lora+{r}" for r in recipe_names() if r != "adamw"],
+                                                value=["lora", "dora"],
+                                                label="variants (lora+recipe: LoRA trained by that recipe)")
                 with gr.Row():
                     cmp_btn = gr.Button("Compare", variant="primary")
                     cmp_confirm = gr.Button("Start anyway", variant="stop", visible=False)
                     cmp_stop = gr.Button("Stop")
                 cmp_status = gr.Markdown(elem_classes="status")
                 cmp_module = gr.Dropdown([], label="module (aligns the side-by-side panels)", allow_custom_value=True)
-                cmp_summary = gr.Dataframe(label="results by variant (mean ± sd over seeds)", interactive=False,
+                cmp_summary = Dataframe(label="results by variant (mean ± sd over seeds)", interactive=False,
                                            wrap=True, elem_id="cmp-summary")
-                cmp_runs = gr.Dataframe(label="runs (click a column title to sort)", interactive=False, wrap=True,
+                cmp_runs = Dataframe(label="runs (click a column title to sort)", interactive=False, wrap=True,
                                         elem_id="cmp-runs")
-                cmp_sweep = gr.Dataframe(label="learning-rate sweep (the other rates tried on the first seed)",
+                cmp_sweep = Dataframe(label="learning-rate sweep (the other rates tried on the first seed)",
                                          interactive=False, wrap=True, elem_id="cmp-sweep", visible=False)
                 cmp_sweep_plot = captioned_plot("learning-rate sweep", "lr_sweep", elem_id="cmp-sweep-plot")
                 cmp_csv = gr.DownloadButton("Export CSV", visible=False, elem_id="cmp-csv")
                 with gr.Row():
-                    cmp_smooth = gr.Slider(0, 0.99, value=0.0, step=0.01, label="smoothing of the training loss")
+                    cmp_smooth = Slider(0, 0.99, value=0.0, step=0.01, label="smoothing of the training loss")
                     cmp_scale = gr.Radio(["log", "linear"], value="log", label="loss axis")
                 cmp_loss = captioned_plot("loss curves", "loss_curves")
                 cmp_spectra = captioned_plot("spectra side by side", "small_multiples", "spectra")
@@ -191,7 +339,7 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                     insp_run = gr.Dropdown(cb.run_options(runs_root), label="saved run", allow_custom_value=True)
                     insp_refresh = gr.Button("Refresh list", size="sm")
                 with gr.Row():
-                    insp_step = gr.Slider(0, 1, value=1, step=1, label="training step")
+                    insp_step = Slider(0, 1, value=1, step=1, label="training step")
                     insp_module = gr.Dropdown([], label="module", allow_custom_value=True)
                     insp_kind = gr.Radio(["dct", "fft", "wht"], value="dct", label="frequency basis")
                 insp_head = gr.Markdown()
@@ -247,7 +395,7 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                 with gr.Row():
                     runs_query = gr.Textbox(label="filter (any text: variant, task, status ...)")
                     runs_refresh = gr.Button("Refresh", size="sm")
-                runs_df = gr.Dataframe(cb.runs_table(runs_root), interactive=False, wrap=True,
+                runs_df = Dataframe(cb.runs_table(runs_root), interactive=False, wrap=True, columns=["id"],
                                        label="runs (click a row to pick it; a comparison's runs are listed together)",
                                        elem_id="runs-table")
                 with gr.Row():
@@ -268,6 +416,8 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         learn_inputs = [learn_variant, learn_task]
         for trigger in (demo.load, learn_variant.change, learn_task.change):
             trigger(_safe(cb.learn_card, 1), learn_inputs, learn_md)
+        learn_recipe.change(_safe(lambda name: "" if name in (None, "none") else recipe_card(name), 1), learn_recipe,
+                            learn_recipe_md)
         demo_btn.click(_owned(cb.start_demo, 1), learn_variant, demo_job)
 
         def poll_demo(job_id, seen):
@@ -294,7 +444,11 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         task.change(_safe(on_task, 4), [task, variant, task_opts], [settings, config, preset_md, task_opts])
         variant.change(_safe(cb.train_forms, 3), [task, variant], [settings, config, preset_md])
         cmp_task.change(_safe(cb.task_options_form, 1), [cmp_task, cmp_task_opts], cmp_task_opts)
-        run_btn.click(_owned(cb.start_training, 1), [task, variant, settings, config, root, task_opts], train_job)
+        # the recipe's own form follows the recipe the settings name (its Config drives it, as every form)
+        settings.change(_safe(cb.recipe_form, 2), [settings, variant], [recipe_opts, recipe_md])
+        variant.change(_safe(cb.recipe_form, 2), [settings, variant], [recipe_opts, recipe_md])
+        run_btn.click(_owned(cb.start_training, 1), [task, variant, settings, config, root, task_opts, recipe_opts],
+                      train_job)
         stop_btn.click(_owned(cb.stop_job, 1), train_job, train_status)
 
         def poll_train(job_id, seen, module, smoothing, scale):
@@ -477,10 +631,20 @@ def launch(demo: gr.Blocks, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
                        footer_links=[], **options)
 
 
-def serve(args: argparse.Namespace) -> None:
-    """Build and launch from parsed :func:`~workbench.dashboard.arguments.add_arguments` options."""
+def configure(args: argparse.Namespace) -> None:
+    """The process settings of a server (not of :func:`build_app`, so library users and in-process tests keep no
+    limit): ``--data-dir`` becomes the text tasks' default folder, and the only folder a form's ``data_dir`` or
+    local ``model`` may name (:func:`~workbench.tasks.base.restrict_paths`). With neither ``--data-dir`` nor
+    WORKBENCH_DATA_DIR, every local folder is refused; hub ids and the default folder still work (issue 16.11)."""
     if args.data_dir:
         os.environ["WORKBENCH_DATA_DIR"] = args.data_dir
+    data = args.data_dir or os.environ.get("WORKBENCH_DATA_DIR")
+    restrict_paths([Path(data)] if data else [])  # text tasks may read only the data folder the server was given
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Build and launch from parsed :func:`~workbench.dashboard.arguments.add_arguments` options."""
+    configure(args)
     launch(build_app(args.runs), args.host, args.port)
 
 

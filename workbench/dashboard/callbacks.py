@@ -28,10 +28,11 @@ import torch
 
 from .. import figures, memory, tasks
 from ..adapt import adapt
-from ..compare import SWEEP_FACTORS, compare
+from ..compare import SWEEP_FACTORS, compare, parse_entry
 from ..errors import ConfigError
 from ..export import export_peft
 from ..probes.landscape import landscape
+from ..recipes import get_recipe, recipe_infos, recipe_names, validate_options
 from ..runs import Run, RunStore, _inside
 from ..settings import Preset, Resolved, TrainSettings, resolve
 from ..train import train
@@ -293,12 +294,33 @@ def preset_note(variant: str, task_name: str, preset: Preset | None) -> str:
             f"value overrides it.")
 
 
+def chosen_recipe(settings_table: Any, variant: str) -> str:
+    """The recipe the Train tab's settings form names (its ``recipe`` row; blank or ``none``: the variant's own)."""
+    text = table_values(settings_table).get("recipe", "") if settings_table is not None else ""
+    named = TrainSettings.from_strings({"recipe": text}, "train")["recipe"] if str(text).strip() else None
+    if named is not None:
+        get_recipe(named)  # an unknown name is a ConfigError listing the recipes
+    return named or get_variant(variant).default_recipe
+
+
+def recipe_form(settings_table: Any, variant: str) -> tuple[pd.DataFrame, str]:
+    """The options form of the recipe the settings name (generated from its Config, as every form is) and one line
+    saying which recipe it is and what it needs."""
+    name = chosen_recipe(settings_table, variant)
+    info = next(r for r in recipe_infos() if r.name == name)
+    need = " It needs low-rank factors (B, A): variants without `factors()` are refused." if info.needs_factors else ""
+    line = (f"Recipe **{name}** (set the `recipe` row of the training settings to change it: "
+            f"{', '.join(recipe_names())}). {info.summary}{need}")
+    return options_table(info.config), line
+
+
 def start_training(task_name: str, variant: str, settings_table: Any, config_table: Any, root: str,
-                   task_options: Any = None, owner: str | None = None) -> str:
+                   task_options: Any = None, recipe_table: Any = None, owner: str | None = None) -> str:
     """Validate everything first (nothing starts on bad input), then train in the background.
 
-    Only the values the user changed from what the forms were filled with (:func:`train_forms`) are passed as
-    explicit; every other value is left to ``train()``'s own resolution, so the run records its true source."""
+    Only the values the user changed from what the forms were filled with (:func:`train_forms`,
+    :func:`recipe_form`) are passed as explicit; every other value is left to ``train()``'s own resolution, so the
+    run records its true source."""
     if not variant:
         raise ConfigError("choose a variant")
     if not task_name:
@@ -311,6 +333,9 @@ def start_training(task_name: str, variant: str, settings_table: Any, config_tab
     final = resolve(SimpleNamespace(name=task_name, defaults=dict(task_class(task_name).defaults)), cls, settings,
                     config)  # the settings' ranges
     cls.Config.from_kwargs(final.config).validate()  # the ranges that do not depend on the layers
+    recipe = get_recipe(final.settings.recipe or cls.default_recipe)
+    recipe_options = changed_options(recipe.Config, recipe_table, recipe.Config().to_dict(), recipe.name)
+    validate_options(recipe.name, recipe_options)
     run_store = store(root)
 
     def work(job):
@@ -322,7 +347,7 @@ def start_training(task_name: str, variant: str, settings_table: Any, config_tab
         job.set_phase("adapting the model and evaluating it before the first step")
         try:
             return train(task, cls.name, settings=settings, config=config, store=run_store, callback=job.on_event,
-                         control=job.control, progress=False)
+                         control=job.control, progress=False, recipe_options=recipe_options)
         finally:
             _remember_pace(job, task_name)
 
@@ -552,7 +577,7 @@ def start_comparison(task_name: str, chosen: list[str] | None, seeds: Any, steps
     if not chosen:
         raise ConfigError("choose at least one variant to compare")
     for v in chosen:
-        get_variant(v)
+        parse_entry(v)  # a variant, or variant+recipe ("lora+altlora")
     try:
         seed_list = [int(s) for s in str(seeds).replace(",", " ").split()]
     except ValueError:
@@ -1033,8 +1058,7 @@ def run_id_of_row(table: Any, row: Any) -> str | None:
 def delete_question(root: str, run_id: str) -> str:
     """What the first press of Delete shows: which run (as a person knows it) would go, and how to confirm. The
     second button deletes; nothing is deleted by one click (a shared classroom store keeps the teacher's run)."""
-    if not run_id:
-        raise ConfigError("choose a run to delete")
+    run_id = _chosen_run(run_id)
     row = store(root).list()
     row = row[row.id == run_id]
     if row.empty:
@@ -1093,11 +1117,20 @@ def _task_option_defaults(name: str) -> dict[str, Any]:
         return {f["name"]: f["default"] for f in option_class.fields_info()}
 
 
+def _chosen_run(run_id: Any) -> str:
+    """The run id a "run" box sent, or a ConfigError: nothing chosen, or not text (the box takes custom values, so
+    a hand-written client may send a list or a dict)."""
+    if not run_id:
+        raise ConfigError("choose a run to delete")
+    if not isinstance(run_id, str):
+        raise ConfigError(f"run: {str(run_id)[:60]!r} is not a run id; choose a run from the list")
+    return run_id
+
+
 def delete_run(root: str, run_id: str) -> str:
     """Delete a saved run; refused while a job is training it (press Stop first): deleting it then would let the
     job's final save bring it back."""
-    if not run_id:
-        raise ConfigError("choose a run to delete")
+    run_id = _chosen_run(run_id)
     if run_id in jobs.running_run_ids():
         raise ConfigError(f"run {run_id!r} is still training; press Stop, wait for it to end, then delete it")
     store(root).delete(run_id)

@@ -173,7 +173,7 @@ def start(kind: str, work: Callable[[Job], Any], owner: str | None = None) -> Jo
                                   f"Stop and wait for it to end before starting another {kind}")
         job = Job(id=f"{kind}-{next(_IDS)}", kind=kind, owner=owner)
         _JOBS[job.id] = job
-        _forget_old()
+        _forget_old(job)
 
     def target() -> None:
         try:
@@ -191,6 +191,7 @@ def start(kind: str, work: Callable[[Job], Any], owner: str | None = None) -> Jo
                 job.trace = traceback.format_exc()
         finally:
             _release_slot(job)
+            _release_saved(job)
             job.stopped = job.stopped or (job.control.should_stop and job.error is None)
             job.phase = ""
             job.ended = time.time()
@@ -200,6 +201,18 @@ def start(kind: str, work: Callable[[Job], Any], owner: str | None = None) -> Jo
     job.thread = threading.Thread(target=target, name=job.id, daemon=True)
     job.thread.start()
     return job
+
+
+def _release_saved(job: Job) -> None:
+    """Let go of the live adaptation (the adapted model and its adapter) of each of a finished job's runs that is
+    saved with its adapter: the job's pages no longer train it, and a view that needs it (the magnitudes) restores
+    it from the store (``figures._adaptation_of``). Metrics and snapshots stay, for the live plots. Without this
+    every finished job kept a model in memory until it was forgotten (the soak: ~1.2 MiB per short run)."""
+    for run in list(job.runs):
+        path = getattr(run, "path", None)
+        if (getattr(run, "adaptation", None) is not None and run.status != "running" and path is not None
+                and (Path(path) / "adapter").is_dir()):
+            run.adaptation = None
 
 
 def _discard_unstarted(run) -> None:
@@ -282,7 +295,14 @@ def stop(job_id: str | None, owner: str | None = None) -> list[Job]:
     return targets
 
 
-def _forget_old() -> None:
+def _forget_old(new: Job | None = None) -> None:
+    """Forget finished jobs no page can show any more: those of ``new``'s session and kind (a session's page holds
+    one job id per kind, now ``new``'s), then all but the newest :data:`MAX_FINISHED`. Their runs stay on disk.
+    Each kept job holds its runs' metrics and snapshots (about 0.6 MiB for a short synthetic run), so without the
+    first rule a session's every run stayed in memory until 64 jobs had ended (issue 16, the soak)."""
+    if new is not None and new.owner is not None:
+        for j in [j for j in _JOBS.values() if j.done and j.owner == new.owner and j.kind == new.kind]:
+            del _JOBS[j.id]
     finished = [j for j in _JOBS.values() if j.done]
     for j in sorted(finished, key=lambda j: j.started)[:-MAX_FINISHED]:
         del _JOBS[j.id]

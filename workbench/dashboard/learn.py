@@ -84,3 +84,23 @@ def presets_section(presets, applies=None) -> str:
                      for p in presets)
     return ("\n\n**Presets** (applied by default on matching tasks; any explicit value overrides them; ✓ applies to "
             "the task above):\n\n| task | values | reason |\n| --- | --- | --- |\n" + rows)
+
+
+def recipe_card(name: str) -> str:
+    """What an optimizer recipe is (``workbench.recipes``): paper, idea, what it needs and its declared options, from
+    the same declaration its Train form comes from."""
+    from ..recipes import recipe_infos
+
+    info = next((r for r in recipe_infos() if r.name == name), None)
+    if info is None:
+        return ""
+    fields = "\n".join(f"| `{f['name']}` | `{f['default']!r}` | {f.get('help', '')} |"
+                       for f in info.config.fields_info()) or "| — | — | no options |"
+    need = ("It reads each layer's low-rank factors (B, A): variants without `factors()` are refused."
+            if info.needs_factors else "It trains any variant.")
+    notes = f"\n\n*Simplified or unconfirmed:* {info.notes}" if info.notes else ""
+    return (f"## recipe: {info.name}\n*{info.paper}*\n\n{info.summary} {need}{notes}\n\n"
+            f"Train with it: set the `recipe` row of the Train tab's settings to `{info.name}` (its options form "
+            f"appears below them), or pick `lora+{info.name}` on Compare; in code, "
+            f"`wb.train(task, \"lora\", recipe=\"{info.name}\", recipe_options={{...}})`.\n\n"
+            f"| option | default | meaning |\n| --- | --- | --- |\n{fields}")
