@@ -124,3 +124,15 @@ def test_a_run_with_dropout_is_the_same_while_other_runs_train():
         assert torch.equal(results[0][k], solo[k]), f"{k} differs from the solo run"
     assert not torch.equal(results[1]["layers.0.lora_A"] if "layers.0.lora_A" in results[1] else
                            next(iter(results[1].values())), next(iter(solo.values())))
+
+
+def test_fork_leaves_the_run_stream_where_it_was():
+    with rng.seeded(4):
+        torch.rand(3, generator=rng.generator())
+        with rng.fork():
+            torch.rand(5, generator=rng.generator())  # a probe's own forward pass
+        after = torch.rand(3, generator=rng.generator())
+    with rng.seeded(4):
+        torch.rand(3, generator=rng.generator())
+        expected = torch.rand(3, generator=rng.generator())
+    assert torch.equal(after, expected)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["seeded", "generator", "derive", "svd_lowrank", "Dropout"]
+__all__ = ["seeded", "generator", "fork", "derive", "svd_lowrank", "Dropout"]
 
 
 class _Streams:
@@ -70,6 +70,26 @@ def generator(device: torch.device | str | None = None) -> torch.Generator | Non
     global generator)."""
     streams = _current.get()
     return None if streams is None else streams.get(device)
+
+
+@contextlib.contextmanager
+def fork() -> Iterator[None]:
+    """Draws inside the block do not advance the current run's streams: their states are saved on entry and
+    restored on exit (the run-stream counterpart of ``torch.random.fork_rng``, for probes that run a forward pass of
+    their own). A stream first used inside the block is forgotten on exit, so it starts afresh afterwards."""
+    streams = _current.get()
+    if streams is None:
+        yield
+        return
+    saved = {key: g.get_state() for key, g in streams.by_device.items()}
+    try:
+        yield
+    finally:
+        for key in list(streams.by_device):
+            if key in saved:
+                streams.by_device[key].set_state(saved[key])
+            else:
+                del streams.by_device[key]
 
 
 def svd_lowrank(a: torch.Tensor, q: int, niter: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

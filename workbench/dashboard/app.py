@@ -250,7 +250,7 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                 learn_recipe = gr.Dropdown(["none"] + recipe_names(), value="none",
                                            label="optimizer recipe (how an adapter is trained, not its shape)",
                                            elem_id="learn-recipe")
-                learn_recipe_md = gr.Markdown(elem_classes="learn-card", elem_id="learn-recipe-card")
+                learn_recipe_md = gr.Markdown(elem_classes="recipe-card", elem_id="learn-recipe-card")
                 demo_btn = gr.Button("Watch a 10-second demo on synthetic:lowrank", variant="primary")
                 demo_status = gr.Markdown(elem_classes="status")
                 demo_config = gr.Markdown(elem_id="demo-config")

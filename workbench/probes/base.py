@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .. import rng
+
 
 @dataclass
 class ProbeContext:
@@ -53,9 +55,13 @@ def cuda_devices(*modules: torch.nn.Module) -> list[int]:
 def isolated_rng(*modules: torch.nn.Module):
     """A context in which random numbers (dropout masks, sampled noise) do not advance the run's generators: the CPU
     generator and that of every CUDA device holding ``modules`` are saved on entry and restored on exit
-    (``torch.random.fork_rng``). A probe that runs a forward pass of its own must run it inside this, so that a run
-    with the probe and one without it draw the same random numbers (``tests/test_probes_faithfulness.py``)."""
-    return torch.random.fork_rng(devices=cuda_devices(*modules))
+    (``torch.random.fork_rng``), and so are the run's own streams (``workbench.rng.fork``), which dropout masks and
+    sampled gates draw from. A probe that runs a forward pass of its own must run it inside this, so that a run with
+    the probe and one without it draw the same random numbers (``tests/test_probes_faithfulness.py``)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.random.fork_rng(devices=cuda_devices(*modules)))
+    stack.enter_context(rng.fork())
+    return stack
 
 
 @contextlib.contextmanager
