@@ -83,3 +83,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data folder not found at {SHARED_DATA} (it sits beside the repository in CI)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_path_limit():
+    """A test that starts a server (``serve``/``configure``) sets the process-wide folder limit of
+    :func:`workbench.tasks.base.restrict_paths`; lift it after every test so no later test on the same worker
+    inherits a folder it never chose (CI's order put a dashboard-command test before the text-task tests)."""
+    from workbench.tasks.base import restrict_paths
+
+    yield
+    restrict_paths(None)
