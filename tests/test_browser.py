@@ -235,6 +235,14 @@ def test_inspect_of_a_loca_run_renders_quickly(server, page):
     print(f"\nInspect of a LoCA run ({run.id}) rendered in {seconds:.2f} s")
     assert seconds < 30, f"Inspect of a LoCA run took {seconds:.1f} s"
     shot(page, "inspect-loca", full_page=True)
+    # the DoRA magnitude panel is there for a run that learns a magnitude and only then
+    assert page.locator("#insp-magnitude").count() == 0 or not page.locator("#insp-magnitude").is_visible()
+    wb.train(cb.get_task("synthetic:lowrank"), "dora", settings={"steps": 10, "every": 5},
+             store=RunStore(RUNS["root"]), progress=False)
+    page.get_by_role("button", name="Refresh list").locator("visible=true").first.click()
+    page.get_by_label("saved run").locator("visible=true").first.click()
+    page.get_by_role("option", name=re.compile(r"^dora · synthetic:lowrank · ")).first.click()
+    page.locator("#insp-magnitude").wait_for(state="visible", timeout=30_000)
 
 
 def test_every_variants_formula_renders(server, page):

@@ -358,8 +358,11 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                 with gr.Row():
                     insp_loss = captioned_plot("loss", "loss_curves")
                     insp_metric = captioned_plot("validation metric", "validation_metric")
-                insp_magnitude = captioned_plot("learned magnitudes (DoRA-style m)", "magnitude_view",
-                                                elem_id="insp-magnitude")
+                # shown only for runs that learn a magnitude (DoRA-style m): an empty panel under every other run
+                # read as a broken view (issue 17)
+                with gr.Column(visible=False, elem_id="insp-magnitude-box") as insp_magnitude_box:
+                    insp_magnitude = captioned_plot("learned magnitudes (DoRA-style m)", "magnitude_view",
+                                                    elem_id="insp-magnitude")
 
             # ---- Landscape -----------------------------------------------------------------------------------
             with gr.Tab("Landscape", id="landscape") as land_tab:
@@ -530,12 +533,13 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
             cadence = cb.snapshot_cadence(root_dir, run_id)  # each slider stop is a snapshot
             return (gr.update(minimum=lo, maximum=hi, value=hi, step=cadence),
                     gr.update(choices=cb.module_choices(modules), value=module), kind,
-                    *cb.inspect_view(root_dir, run_id, hi, module, kind), cb.inspect_magnitudes(root_dir, run_id))
+                    *cb.inspect_view(root_dir, run_id, hi, module, kind), cb.inspect_magnitudes(root_dir, run_id),
+                    gr.update(visible=cb.learns_magnitudes(root_dir, run_id)))
 
         insp_outputs = [insp_head, insp_spectra, insp_freq, insp_erank, insp_sim, insp_grad, insp_alloc, insp_views,
                         insp_traj, insp_loss, insp_metric]
-        insp_run.change(_safe(on_pick_run, 15), [root, insp_run],
-                        [insp_step, insp_module, insp_kind] + insp_outputs + [insp_magnitude])
+        insp_run.change(_safe(on_pick_run, 16), [root, insp_run],
+                        [insp_step, insp_module, insp_kind] + insp_outputs + [insp_magnitude, insp_magnitude_box])
         # user changes only: the step's number box fires input at each keystroke (release only on blur), the slider
         # while dragged; always_last draws the latest value once the previous drawing is done
         for trigger in (insp_step.input, insp_module.input, insp_kind.input):
