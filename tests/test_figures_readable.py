@@ -117,6 +117,11 @@ def test_a_variant_that_does_not_allocate_gets_one_line():
     assert fig.layout.height <= 150  # one line, not a panel
     sora = _ranked_run("sora", {"layers.0": [8, 8, 8], "layers.1": [8, 4, 2]})
     assert F.allocation_summary(sora) is None  # it allocates: its heatmap
+    # LoCA allocates its spectral locations, not its rank: a full-rank heatmap of one colour would say nothing
+    loca = _ranked_run("loca", {"layers.0": [64, 64, 63], "layers.1": [64, 64, 64]})
+    assert F.allocation_summary(loca) == ("loca allocates spectral locations, not rank (see its variant views): ΔW "
+                                          "has rank L0 63, L1 64")
+    assert not F.allocation_heatmap(loca).data
     side = F.small_multiples([lora, sora], "allocation")
     assert sum(isinstance(t, go.Heatmap) for t in side.data) == 1
     assert any("fixed rank 8" in a.text for a in side.layout.annotations)

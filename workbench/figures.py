@@ -945,15 +945,17 @@ def allocation_summary(run, key: str = "rank") -> str | None:
     if table is None:
         return None
     cls = _variant_class(run)
-    allocates = cls.dynamic if cls is not None else bool((table.nunique(axis=1) > 1).any())
+    elsewhere = cls is not None and cls.dynamic and key == "rank" and cls.allocation != "rank"
+    allocates = (cls.dynamic and not elsewhere) if cls is not None else bool((table.nunique(axis=1) > 1).any())
     if allocates:
         return None
     last = table.ffill(axis=1).iloc[:, -1]
     names = short_names(table.index)
+    head = (f"{run.variant} allocates {cls.allocation}, not {key} (see its variant views): ΔW has {key}"
+            if elsewhere else f"{run.variant} does not allocate: fixed {key}")
     if last.nunique() == 1:
-        return f"{run.variant} does not allocate: fixed {key} {fmt_number(float(last.iloc[0]))} in every module"
-    return f"{run.variant} does not allocate: fixed {key} " + ", ".join(
-        f"{names[m]} {fmt_number(float(v))}" for m, v in last.items())
+        return f"{head} {fmt_number(float(last.iloc[0]))} in every module"
+    return f"{head} " + ", ".join(f"{names[m]} {fmt_number(float(v))}" for m, v in last.items())
 
 
 def _note(title: str, text: str, height: int = 130) -> go.Figure:

@@ -283,6 +283,9 @@ class Variant:
     SharedModule: ClassVar[type[Shared] | None] = None
     #: the variant changes its own allocation (ranks, gates, locations) while training
     dynamic: ClassVar[bool] = False
+    #: what a dynamic variant allocates: "rank" (the allocation heatmap draws it) or another word for what moves
+    #: (LoCA: "spectral locations", drawn by the location views); the heatmap of the unallocated rank is one line
+    allocation: ClassVar[str] = "rank"
     #: the adapted model's output equals the original model's at initialisation
     preserves_init: ClassVar[bool] = True
     example_config: ClassVar[dict[str, Any]] = {}

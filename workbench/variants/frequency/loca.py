@@ -132,6 +132,7 @@ class LoCA(Variant):
     Config = LoCAConfig
     Layer = LoCALayer
     dynamic = True
+    allocation = "spectral locations"  # not ranks: ΔW stays full rank, the locations move
     example_config = {"n": 64, "loc_lr": 1e-2}
     notes = ("Finite differences on ∂L/∂S (α·DCT of ∂L/∂ΔW) and the 10/20-step alternation from step 0, as in the "
              "official layer; an index moves ≈ loc_lr·(d−1) cells per location step, so the small-task presets raise "
