@@ -10,8 +10,8 @@ divergence; on divergence the adapter goes back to the last good state and the r
 
 from __future__ import annotations
 
+import contextlib
 import math
-import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +24,7 @@ from . import tasks as task_registry
 from .adapt import Adaptation, adapt
 from .budget import saved_numbers
 from .events import End, Eval, Progress, Start, StepContext, TrainControl, TrainEvent
+from .memory import PeakTracker, storage_bytes
 from .probes import ProbeContext, get_probes
 from .recipes import get_recipe, validate_options
 from .runs import Run, RunStore, new_run_id
@@ -126,7 +127,10 @@ class Trainer:
         self.pending: list[tuple[int, torch.Tensor]] = []   # (step, loss) not yet synced from the device
         self.flushed = 0                                   # metric rows already sent to the store and callback
         self.first_loss: float | None = None
-        self.train_seconds = 0.0
+        self.train_seconds = 0.0   # the loop's own time, probes excluded, step 0 (warm-up, memory-tracked) apart
+        self.timed_steps = 0
+        self.peak_bytes = 0        # the largest training-step peak measured (see _peak_memory_mb)
+        self.tracker: PeakTracker | None = None
         self.eval_interval = s.eval_interval()
         self.bar = _progress_bar(s.steps, progress, f"{self.variant.name} on {task.name}")
 
@@ -176,6 +180,9 @@ class Trainer:
         self.emit(Start)
         self.init_eval = self.evaluate(0)
         self.ad.train()
+        if self.dev.type == "cuda":  # this run's peak, not the largest of every earlier run in the process
+            torch.cuda.synchronize(self.dev)
+            torch.cuda.reset_peak_memory_stats(self.dev)
         try:
             for step in range(self.s.steps):
                 if self.control.should_stop:
@@ -199,7 +206,12 @@ class Trainer:
 
     def step(self, step: int, probe_step: bool) -> None:
         """One update. Gradient probes see the step's first gradient (a perturb-then-step recipe calls the closure
-        more than once); their time is not counted as training time."""
+        more than once); their time and their memory are not counted as training's (:meth:`_paused`).
+
+        Timing: CUDA is synchronised at both ends of the step and around each probe, so the timer reads the work
+        done, not the work queued. Step 0 (lazy optimizer state, warm-up and, on the CPU, the step whose memory is
+        tracked) is timed apart: ``seconds_per_step`` is the mean over the later steps when there are any."""
+        self._sync()
         t0 = time.perf_counter()
         batch = next(self.batches)
         lr = self._schedule(step)
@@ -214,20 +226,75 @@ class Trainer:
             (loss if reg is None else loss + reg).backward()
             first = probe_pending
             if first:  # before clipping: a gradient probe records the gradient the loss produced
-                probe_pending, started = False, time.perf_counter()
-                self.probe("before_step", step, batch)
-                probe_seconds += time.perf_counter() - started
+                probe_pending = False
+                with self._paused() as timer:
+                    self.probe("before_step", step, batch)
+                probe_seconds += timer.seconds
             if self.s.max_grad_norm is not None:
                 total = torch.nn.utils.clip_grad_norm_(self.trainable, self.s.max_grad_norm)
                 if first:  # the norm the clip saw, at probe steps (one sync each)
                     self.run.log(step, "train", "", "grad_norm_before_clip", total)
             return loss
 
-        loss = self.recipe.step(closure)
-        self.variant.on_step(self.ctx)
+        with self._memory(step):
+            loss = self.recipe.step(closure)
+            self.variant.on_step(self.ctx)
         self.pending.append((step, loss.detach()))
-        self.train_seconds += time.perf_counter() - t0 - probe_seconds
+        self._sync()
+        seconds = time.perf_counter() - t0 - probe_seconds
+        if step == 0:
+            self.first_step_seconds = seconds
+        else:
+            self.train_seconds += seconds
+            self.timed_steps += 1
         self.bar.update(1)
+
+    # -- honest accounting -------------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+
+    @contextlib.contextmanager
+    def _memory(self, step: int):
+        """Measure the step's peak memory. CUDA: every step, from ``max_memory_allocated`` (reset at the run's
+        start and after every probe or evaluation, which :meth:`_paused` leaves out). CPU: step 0, as the storage
+        the run holds when it begins (model, adapter, optimizer state, last good copy, batch: :func:`storage_bytes`)
+        plus the peak of what the step allocates (:class:`~workbench.memory.PeakTracker`), not process RSS."""
+        if self.dev.type == "cuda":
+            yield
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.dev))
+            return
+        if step != 0:
+            yield
+            return
+        held = storage_bytes([*self.ad.model.parameters(), *self.ad.model.buffers(), *self.ad.parameters(),
+                              *self.ad.buffers(), *self.last_good.validated, *self.last_good.candidate,
+                              *_state_tensors(self.recipe.optimizer), *_batch_tensors(self.ctx.batch)])
+        self.tracker = PeakTracker()
+        try:
+            with self.tracker:
+                yield
+        finally:
+            self.peak_bytes = max(self.peak_bytes, held + self.tracker.peak_bytes)
+            self.tracker = None
+
+    @contextlib.contextmanager
+    def _paused(self):
+        """A probe's (or evaluation's) stretch inside or between steps: synchronised and timed (``.seconds``), its
+        allocations kept out of the run's peak memory."""
+        timer = _Timer()
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.dev))
+        started = time.perf_counter()
+        try:
+            with self.tracker.pause() if self.tracker is not None else contextlib.nullcontext():
+                yield timer
+        finally:
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize(self.dev)
+                torch.cuda.reset_peak_memory_stats(self.dev)
+            timer.seconds = time.perf_counter() - started
 
     def _schedule(self, step: int) -> float:
         """Set every scheduled group's rate for this step (a group a variant manages itself sets
@@ -258,15 +325,24 @@ class Trainer:
             return False
         self.last_good.advance(self.trainable, step + 1)
         if probe_step:
-            self.ad.eval()
-            self.probe("after_step", step, self.ctx.batch)
-            self.ad.train()
-            self.record_recipe(step)
+            with self._paused():
+                self.ad.eval()
+                self.probe("after_step", step, self.ctx.batch)
+                self.ad.train()
+                self.record_recipe(step)
         if eval_step:
-            self.evaluate(step + 1)
+            with self._paused():
+                self.evaluate(step + 1)
         self.flush()
         self.bar.set_postfix(loss=f"{values[-1]:.4g}")
         return True
+
+    def _seconds_per_step(self) -> float:
+        """Mean seconds of a training step, probes and evaluations excluded: over the steps after step 0 when
+        there are any, else step 0's own time."""
+        if self.timed_steps:
+            return self.train_seconds / self.timed_steps
+        return getattr(self, "first_step_seconds", 0.0)
 
     def divergence(self, values: list[float]) -> int | None:
         """The first pending step whose loss is NaN/inf or above ``divergence_factor`` × the first loss."""
@@ -290,7 +366,7 @@ class Trainer:
         run.summary.update({
             "status": run.status, "steps_done": steps_done, "trainable_params": ad.num_trainable(),
             "saved_numbers": saved_numbers(ad),
-            "seconds_per_step": self.train_seconds / max(steps_done, 1), "peak_memory_mb": _peak_memory_mb(self.dev),
+            "seconds_per_step": self._seconds_per_step(), "peak_memory_mb": _peak_memory_mb(self.peak_bytes),
             "init_loss": init_eval.get("loss"), "final_loss": final.get("loss"), "metric": metric,
             "metric_value": final.get(metric), "init_metric_value": init_eval.get(metric),
             "higher_is_better": getattr(self.task, "higher_is_better", False)})
@@ -324,10 +400,27 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux: process peak RSS
+def _peak_memory_mb(peak_bytes: int) -> float:
+    """The run's measured training-step peak (:meth:`Trainer._memory`) in MiB."""
+    return peak_bytes / 2**20
+
+
+class _Timer:
+    seconds = 0.0
+
+
+def _state_tensors(optimizer) -> list[torch.Tensor]:
+    return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+
+
+def _batch_tensors(batch: Any) -> list[torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, dict):
+        return [t for v in batch.values() for t in _batch_tensors(v)]
+    if isinstance(batch, (list, tuple)):
+        return [t for v in batch for t in _batch_tensors(v)]
+    return []
 
 
 def _steps_done(run: Run) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -74,3 +75,41 @@ def preserved_modes(*modules: torch.nn.Module):
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+class Cache:
+    """Values computed from tensors that do not change during a run (the frozen W0's SVD, the reference ΔW*'s),
+    computed once and reused: an entry is keyed by a name (module and what) and remembers the *fingerprint* of the
+    tensor it came from: a weak reference to its owner (the layer, or the tensor itself), ``data_ptr``,
+    ``_version`` (bumped by every in-place write, so ``merge()`` or a ``copy_`` invalidates it), shape, dtype and
+    device. A hit needs every part to match, so a new adaptation, a re-based or merged layer or another reference
+    recomputes; nothing is ever returned for a tensor it was not computed from."""
+
+    def __init__(self) -> None:
+        self._entries: dict = {}
+
+    @staticmethod
+    def fingerprint(tensor: torch.Tensor) -> tuple:
+        return (tensor.data_ptr(), tensor._version, tuple(tensor.shape), tensor.dtype, str(tensor.device))
+
+    def get(self, key, owner: Any, tensor: torch.Tensor, compute):
+        """``compute()`` once per (``key``, ``owner``, state of ``tensor``); the stored value afterwards."""
+        fp = self.fingerprint(tensor)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0]() is owner and hit[1] == fp:
+            return hit[2]
+        value = compute()
+        self._entries[key] = (weakref.ref(owner), fp, value)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def probe_cache(probe: Probe) -> Cache:
+    """The :class:`Cache` of one probe instance (made on first use)."""
+    cache = probe.__dict__.get("_cache")
+    if cache is None:
+        cache = probe.__dict__["_cache"] = Cache()
+    return cache
+

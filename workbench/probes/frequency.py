@@ -13,6 +13,14 @@ three read on one scale; this is not the scale of every variant's own coefficien
   as they are.
 * WHT: |H_m ΔW H_n| with normalised Hadamard matrices (zero-padded to powers of two).
 
+Cost at real sizes (issue 24): every map is computed on ΔW's own device in O(mn log(mn)) and only the pooled map
+leaves it. The DCT-II is one FFT per axis (Makhoul 1980: reorder, FFT, twiddle), the Walsh–Hadamard transform
+fast through Sylvester's Kronecker structure H_n = H_a ⊗ H_b (:func:`fwht`, the order of ``scipy.linalg.hadamard``),
+so no dense m×m transform matrix is ever built (``scipy.linalg.hadamard(16384)`` alone is 2 GiB). A layer with
+``update_factors()`` of rank r ≤ min(m, n)/4 has its maps made from the transformed factors (:func:`factored_maps`).
+Exact, not approximations: they equal ``scipy.fft.dctn(norm="ortho")`` and the dense Hadamard products to float
+rounding (``tests/test_probe_scaling.py``).
+
 ΔW is each layer's ``update()``, the change from the original pretrained W0 (PiSSA: s·(B A − B0 A0), not s·B A;
 QWHA: W_Q + F H⁻¹ − W0, its correction together with the quantisation error it leaves). A layer that re-bases its
 frozen weight and has ``locations`` (QWHA) also gets the map of its own term relative to its base, in its
@@ -27,8 +35,6 @@ from __future__ import annotations
 
 import math
 
-import scipy.fft
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 
@@ -37,14 +43,31 @@ from .base import Probe, ProbeContext, ProbeResult
 MAX_SIDE = 128
 
 
+def dct_ii(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Orthonormal DCT-II along ``dim`` (``scipy.fft.dct(norm="ortho")``), on ``x``'s device, through one FFT of
+    the even-odd reordered signal (Makhoul 1980): X_k = Re(e^{−iπk/(2N)} FFT(v)_k) · 2 · √(1/(4N)) for k = 0 and
+    · 2 · √(1/(2N)) otherwise, v = (x₀, x₂, …, x₃, x₁)."""
+    x = x.movedim(dim, -1)
+    n = x.shape[-1]
+    v = torch.cat([x[..., ::2], x[..., 1::2].flip(-1)], dim=-1)
+    k = torch.arange(n, device=x.device, dtype=x.dtype)
+    twiddle = torch.polar(torch.ones_like(k), -torch.pi * k / (2 * n))
+    y = (torch.fft.fft(v) * twiddle).real * 2
+    scale = torch.full_like(k, (1 / (2 * n)) ** 0.5)
+    scale[0] = (1 / (4 * n)) ** 0.5
+    return (y * scale).movedim(-1, dim)
+
+
 def dct_map(delta: torch.Tensor) -> torch.Tensor:
-    """|C_out ΔW C_inᵀ| with orthonormal DCT-II matrices."""
-    return torch.from_numpy(abs(scipy.fft.dctn(delta.detach().double().cpu().numpy(), norm="ortho"))).float()
+    """|C_out ΔW C_inᵀ| with orthonormal DCT-II matrices, computed in float32 on ΔW's device."""
+    d = delta.detach().float()
+    return dct_ii(dct_ii(d, 0), 1).abs()
 
 
 def fft_map(delta: torch.Tensor) -> torch.Tensor:
-    """|FFT2(ΔW)| / √(mn), zero frequency at the centre (``fftshift``); see the module docstring for FourierFT."""
-    return torch.fft.fftshift(torch.fft.fft2(delta.detach().float().cpu(), norm="ortho")).abs()
+    """|FFT2(ΔW)| / √(mn), zero frequency at the centre (``fftshift``), on ΔW's device; see the module docstring
+    for FourierFT."""
+    return torch.fft.fftshift(torch.fft.fft2(delta.detach().float(), norm="ortho")).abs()
 
 
 def fourierft_coefficient_scale(shape: tuple[int, int], scaling: float) -> float:
@@ -54,31 +77,79 @@ def fourierft_coefficient_scale(shape: tuple[int, int], scaling: float) -> float
     return 2.0 * math.sqrt(m * n) / scaling
 
 
+def _hadamard(n: int, device, dtype) -> torch.Tensor:
+    """The Sylvester Hadamard matrix of order n (a power of two), by doubling: [[H, H], [H, −H]]."""
+    h = torch.ones(1, 1, device=device, dtype=dtype)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def fwht(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Normalised fast Walsh–Hadamard transform along ``dim`` (its length n a power of two): x ↦ H_n x / √n with
+    H_n the Sylvester matrix (``scipy.linalg.hadamard(n)``), without an n×n matrix. Sylvester's H_n = H_a ⊗ H_b
+    (n = ab, both powers of two) turns the transform of a row reshaped to a×b into H_a X H_b: two products with
+    √n-sized matrices, O(n√n) multiply-adds per row run by BLAS, which beats the n log₂ n butterfly's many passes
+    over memory at every size a layer has (n ≤ 2¹⁶: a, b ≤ 256)."""
+    x = x.movedim(dim, -1)
+    n = x.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"fwht: length {n} is not a power of two")
+    k = n.bit_length() - 1
+    a, b = 1 << (k // 2), 1 << (k - k // 2)
+    ha, hb = _hadamard(a, x.device, x.dtype), _hadamard(b, x.device, x.dtype)
+    lead = x.shape[:-1]
+    y = ha @ x.reshape(-1, a, b) @ hb  # (H_a ⊗ H_b) vec(X) = vec(H_a X H_bᵀ), H symmetric
+    return (y.reshape(*lead, n) / math.sqrt(n)).movedim(-1, dim)
+
+
 def wht_map(delta: torch.Tensor, sides: str = "both") -> torch.Tensor:
     """|H_out ΔW H_in| with normalised Sylvester-Hadamard matrices (zero-padded to powers of two); ``sides="input"``
     gives |ΔW H_in| only, for a layer whose update is transformed along its input alone (QWHA's ΔW = F H⁻¹: the rows
-    stay output channels, so a two-sided map would smear its locations over every row)."""
-    d = delta.detach().float().cpu()
+    stay output channels, so a two-sided map would smear its locations over every row). Fast transforms on ΔW's
+    device (H is symmetric, so ΔW H_in is the transform of every row)."""
+    d = delta.detach().float()
     m, n = (1 << max(0, math.ceil(math.log2(s))) for s in d.shape)
     if sides == "input":
         m = d.shape[0]
     d = F.pad(d, (0, n - d.shape[1], 0, m - d.shape[0]))
-    hm = (torch.eye(m) if sides == "input" else
-          torch.from_numpy(scipy.linalg.hadamard(m)).float() / math.sqrt(m))
-    hn = torch.from_numpy(scipy.linalg.hadamard(n)).float() / math.sqrt(n)
-    return (hm @ d @ hn).abs()
+    d = fwht(d, 1)
+    return (d if sides == "input" else fwht(d, 0)).abs()
+
+
+def factored_maps(b: torch.Tensor, a: torch.Tensor, sides: str = "both") -> dict[str, torch.Tensor]:
+    """The three maps of ΔW = B A from its factors, exactly: every transform here is linear on each side, so
+    T_m ΔW T_nᵀ = (T_m B)(T_n Aᵀ)ᵀ, and only the r columns of B and Aᵀ are transformed (O((m log m + n log n) r))
+    before one (m, r)·(r, n) product per map, instead of transforming m + n rows and columns of the dense ΔW."""
+    b, a = b.detach().float(), a.detach().float()
+    at = a.t()
+    dct = (dct_ii(b, 0) @ dct_ii(at, 0).t()).abs()
+    fb = torch.fft.fft(b.to(torch.complex64), dim=0, norm="ortho")
+    fa = torch.fft.fft(at.to(torch.complex64), dim=0, norm="ortho")
+    fft = torch.fft.fftshift((fb @ fa.t()).abs())
+    m, n = (1 << max(0, math.ceil(math.log2(s))) for s in (b.shape[0], at.shape[0]))
+    ha = fwht(F.pad(at, (0, 0, 0, n - at.shape[0])), 0)
+    hb = b if sides == "input" else fwht(F.pad(b, (0, 0, 0, m - b.shape[0])), 0)
+    return {"dct": dct, "fft": fft, "wht": (hb @ ha.t()).abs()}
 
 
 def pooled(x: torch.Tensor, side: int = MAX_SIDE) -> torch.Tensor:
-    if max(x.shape) <= side:
-        return x
-    return F.adaptive_max_pool2d(x[None, None], (min(side, x.shape[0]), min(side, x.shape[1])))[0, 0]
+    """``x`` max-pooled to at most ``side`` per axis, on the CPU (what is stored)."""
+    if max(x.shape) > side:
+        x = F.adaptive_max_pool2d(x[None, None], (min(side, x.shape[0]), min(side, x.shape[1])))[0, 0]
+    return x.cpu()
 
 
 def top_energy_fraction(coeffs: torch.Tensor, fraction: float = 0.01) -> float:
-    e = (coeffs.flatten() ** 2).sort(descending=True).values
+    e = coeffs.flatten().float() ** 2
     k = max(1, int(len(e) * fraction))
-    return float(e[:k].sum() / e.sum().clamp_min(1e-30))
+    if k >= len(e):
+        top = e.double().sum()
+    else:  # a selection, not a sort: the k-th largest t, then every entry above t and t for the ties
+        t = torch.kthvalue(e, len(e) - k + 1).values
+        above = e > t
+        top = e[above].double().sum() + (k - int(above.sum())) * t.double()
+    return float(top / e.double().sum().clamp_min(1e-30))
 
 
 class FrequencyProbe(Probe):
@@ -89,14 +160,18 @@ class FrequencyProbe(Probe):
         for module, layer in ctx.adaptation.named_layers():
             if not layer.has_weight:
                 continue
-            with torch.no_grad():
-                delta = layer.update()  # the change from the original W0
-            dct = dct_map(delta)
-            out.add(module, "dct_top1pct_energy", top_energy_fraction(dct))
-            out.arrays[(module, "dct")] = pooled(dct)
-            out.arrays[(module, "fft")] = pooled(fft_map(delta))
             sides = getattr(layer, "frequency_sides", "both")
-            out.arrays[(module, "wht")] = pooled(wht_map(delta, sides))
+            with torch.no_grad():
+                factors = layer.update_factors()
+                if factors is not None and factors[0].shape[1] * 4 <= min(layer.out_features, layer.in_features):
+                    maps = factored_maps(*factors, sides=sides)
+                else:
+                    delta = layer.update()  # the change from the original W0
+                    maps = {"dct": dct_map(delta), "fft": fft_map(delta), "wht": wht_map(delta, sides)}
+            dct = maps["dct"]
+            out.add(module, "dct_top1pct_energy", top_energy_fraction(dct))
+            for name in ("dct", "fft", "wht"):
+                out.arrays[(module, name)] = pooled(maps[name])
             if sides == "input":
                 out.add(module, "wht_input_side_only", 1.0)
             if max(dct.shape) > MAX_SIDE:

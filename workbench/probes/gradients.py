@@ -21,11 +21,20 @@ goes where full fine-tuning's gradient descent would go (1 for full fine-tuning 
 *task* loss alone, ∂L_task/∂W: the step also follows the variant's regulariser (SoRA's sparsity term on the gates,
 AdaLoRA's orthogonality penalty, ...), its ``on_step`` (proximal steps, pruning, rank growth) and the optimizer's
 preconditioning (Adam), so ``step_grad_cosine`` < 1 measures all of these together, not the parameterisation alone.
+
+Memory (issue 24): between the two hooks the probe holds G (one fp32 matrix per adapted layer, what the cosine needs)
+and, of ΔW_before, only what the adapter itself holds: the factors of ``update_factors()`` where the layer has them,
+else the layer's (and the shared module's) own tensors, from which ΔW_before is re-evaluated after the step with
+``torch.func.functional_call`` (the live parameters are never written). Each dense ΔW_before is then built for one
+layer at a time. No second fp32 copy of every target weight is kept (≈ 26 GB more on a 7B model). A layer whose
+tensors change names or shapes in the step (rank growth or pruning in ``on_step``) and has no factors gets no
+``step_grad_cosine`` for that step.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .base import Probe, ProbeContext, ProbeResult, isolated_rng, preserved_modes
 
@@ -88,12 +97,78 @@ def tensor_groups(adaptation) -> list[tuple[str, list[tuple[str, torch.Tensor]]]
     return groups
 
 
-def _delta_weights(adaptation) -> dict[str, torch.Tensor]:
-    """ΔW of every layer in eval mode (before and after the step alike: a variant that samples its update while
-    training, like Bayesian-LoRA's gates, is read at its deterministic ΔW), without touching the random generators."""
-    with torch.no_grad(), preserved_modes(adaptation), isolated_rng(adaptation.model, adaptation):
-        adaptation.eval()
-        return {n: l.update().detach().float().clone() for n, l in adaptation.named_layers() if l.has_weight}
+class _Update(nn.Module):
+    """``forward()`` is the layer's ``update()``, so ``functional_call`` can evaluate it at saved tensors."""
+
+    def __init__(self, layer, shared):
+        super().__init__()
+        self.layer = layer
+        if shared is not None:
+            self.shared = shared
+
+    def forward(self) -> torch.Tensor:
+        return self.layer.update()
+
+
+def _eval_context(adaptation):
+    """No gradient, the adaptation in eval mode (a variant that samples its update while training, like
+    Bayesian-LoRA's gates, is read at its deterministic ΔW), the random generators left alone."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    stack.enter_context(preserved_modes(adaptation))
+    stack.enter_context(isolated_rng(adaptation.model, adaptation))
+    adaptation.eval()
+    return stack
+
+
+def _own_tensors(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v.detach().clone() for k, v in module.named_parameters() if not k.startswith("base.")} | {
+        f"{prefix}{k}": v.detach().clone() for k, v in module.named_buffers() if not k.startswith("base.")}
+
+
+def _saved_updates(adaptation) -> dict[str, tuple[str, object]]:
+    """ΔW before the step, compactly: ``("factors", (B, A))`` or ``("tensors", {name: tensor})`` per layer."""
+    shared = getattr(adaptation, "shared", None)
+    saved: dict[str, tuple[str, object]] = {}
+    with _eval_context(adaptation):
+        for n, layer in adaptation.named_layers():
+            if not layer.has_weight:
+                continue
+            f = layer.update_factors()
+            if f is not None:
+                saved[n] = ("factors", tuple(t.detach().float().clone() for t in f))
+            else:
+                own = _own_tensors(layer, "layer.")
+                if shared is not None:
+                    own.update(_own_tensors(shared, "shared."))
+                saved[n] = ("tensors", own)
+    return saved
+
+
+def _dense_before(adaptation, layer, saved: tuple[str, object]) -> torch.Tensor | None:
+    """ΔW_before of one layer from what :func:`_saved_updates` kept; None when its tensors no longer fit."""
+    kind, value = saved
+    if kind == "factors":
+        b, a = value
+        return b @ a
+    shared = getattr(adaptation, "shared", None)
+    wrapper = _Update(layer, shared)
+    current = dict(wrapper.named_parameters()) | dict(wrapper.named_buffers())
+    if any(k not in current or current[k].shape != v.shape for k, v in value.items()):
+        return None
+    return torch.func.functional_call(wrapper, value, (), strict=False).detach().float()
+
+
+def _dense_now(layer, kind: str) -> torch.Tensor:
+    """ΔW after the step, computed the way ΔW_before was (through the factors when those were kept), so that the
+    difference of the two carries no rounding of two different formulas."""
+    f = layer.update_factors() if kind == "factors" else None
+    if f is not None:
+        b, a = (t.detach().float() for t in f)
+        return b @ a
+    return layer.update().detach().float()
 
 
 class GradientsProbe(Probe):
@@ -120,7 +195,7 @@ class GradientsProbe(Probe):
         if ctx.task is not None and ctx.batch is not None:
             with isolated_rng(ctx.adaptation.model, ctx.adaptation):
                 ctx.state["G"] = full_weight_gradients(ctx.adaptation, ctx.task, ctx.batch)
-            ctx.state["before"] = _delta_weights(ctx.adaptation)
+            ctx.state["before"] = _saved_updates(ctx.adaptation)
             for module, g in ctx.state["G"].items():
                 out.add(module, "full_grad_norm", float(torch.linalg.matrix_norm(g)))
         return out
@@ -130,12 +205,16 @@ class GradientsProbe(Probe):
         if not grads or before is None:
             return None
         out = ProbeResult()
-        after = _delta_weights(ctx.adaptation)
-        with torch.no_grad():
+        layers = dict(ctx.adaptation.named_layers())
+        with _eval_context(ctx.adaptation):
             for module in ctx.adaptation.module_names:
-                if module not in grads or module not in before or module not in after:
+                if module not in grads or module not in before or module not in layers:
                     continue
-                step = after[module] - before[module]
+                old = _dense_before(ctx.adaptation, layers[module], before[module])
+                if old is None:
+                    continue
+                step = _dense_now(layers[module], before[module][0]) - old
+                del old
                 out.add(module, "update_norm", float(torch.linalg.matrix_norm(step)))
                 g = grads[module]
                 denom = float(torch.linalg.matrix_norm(step) * torch.linalg.matrix_norm(g))

@@ -31,6 +31,11 @@ mode, no gradient, inside :func:`~workbench.probes.base.isolated_rng`):
   ``delta_spectral_norm`` ‖ΔW‖₂ (ΔW = ``update()``, the change from that W0) and
   ``max_abs_delta_output`` max|X ΔWᵀ| (the hard regime's ‖α X B A / r‖_max), over the same real tokens.
 
+Cost: ‖W0‖₂ is computed once per layer and cached (W0 is frozen; :class:`~workbench.probes.base.Cache`), exactly up
+to ``spectra.EXACT_SIDE`` on the smaller side and above it as the top value of a randomized SVD (an approximation,
+a lower bound that the power iterations tighten); ‖ΔW‖₂ comes through ``update_factors()`` where the layer has them
+(exact), else from :func:`~workbench.probes.spectra.top_svd`.
+
 Value projections are read too, though only Q and K enter the softmax; a fused ``qkv`` projection's maximum is over
 all three. The constants are asymptotic: read the ratios qualitatively. Layers without a token axis (input of fewer
 than 3 dimensions) are skipped.
@@ -48,7 +53,8 @@ import re
 
 import torch
 
-from .base import Probe, ProbeContext, ProbeResult, isolated_rng
+from .base import Probe, ProbeContext, ProbeResult, isolated_rng, probe_cache
+from .spectra import EXACT_SIDE, top_svd, update_svd
 
 ATTENTION = re.compile(r"(query|key|value|q_proj|k_proj|v_proj|qkv)$")
 
@@ -105,6 +111,7 @@ class LimitsProbe(Probe):
                 h.remove()
         out = ProbeResult()
         d_head = head_dim(ctx.adaptation.model)
+        cache = probe_cache(self)
         for name, layer in layers.items():
             calls = [x for x in inputs.get(name, []) if x.dim() >= 3 and x.shape[-2] >= 2]
             if not calls:
@@ -132,8 +139,10 @@ class LimitsProbe(Probe):
                 out.add(name, "padding_excluded", float(all(s[4] for s in stats)))
                 out.add(name, "max_abs_input", max(s[2] for s in stats))
                 out.add(name, "max_abs_delta_output", max(s[3] for s in stats))
-                out.add(name, "base_spectral_norm", float(torch.linalg.matrix_norm(w0, 2)))
-                out.add(name, "delta_spectral_norm", float(torch.linalg.matrix_norm(delta, 2)))
+                out.add(name, "base_spectral_norm", cache.get((name, "base_norm"), layer, layer.base.weight,
+                                                              lambda w0=w0, name=name: _spectral_norm(w0, name)))
+                out.add(name, "delta_spectral_norm", float(update_svd(layer, 1)[1][0])
+                        if float(delta.abs().max()) > 0 else 0.0)
         return out
 
     @staticmethod
@@ -149,3 +158,10 @@ class LimitsProbe(Probe):
         max_input = float(_per_sequence_max(x, mask).max())
         max_delta = float(_per_sequence_max(x @ delta.t(), mask).max())
         return factor, lengths, max_input, max_delta, mask is not None
+
+
+def _spectral_norm(w: torch.Tensor, label: str) -> float:
+    """‖w‖₂: exact up to ``EXACT_SIDE`` on the smaller side, else the top value of a randomized SVD."""
+    if min(w.shape) <= EXACT_SIDE:
+        return float(torch.linalg.matrix_norm(w, 2))
+    return float(top_svd(w, 1, label=f"{label}:norm")[1][0])
