@@ -26,6 +26,8 @@ def name_comparisons(source: str, names: set[str]) -> list[tuple[int, str]]:
     hits = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Compare):
+            if isinstance(node.left, ast.Name) and node.left.id == "mode":  # a landscape mode ("adapter"), no variant
+                continue
             for side in [node.left, *node.comparators]:
                 hits += [(node.lineno, n) for n in _names_in(side, names)]
     return hits

@@ -46,26 +46,46 @@ def _matches(pattern: str, name: str) -> bool:
     return not any(c in pattern for c in "*?[") and (name == pattern or name.endswith("." + pattern))
 
 
-def match_targets(model: nn.Module, targets: str | Iterable[str]) -> list[str]:
-    """Names of the ``nn.Linear`` modules selected by ``targets`` (globs, ``re:<regex>``, or bare suffixes
-    like ``"query"``), in model order. A pattern that matches no linear layer is a :class:`ConfigError` that
-    lists the closest layer names."""
+def match_targets(model: nn.Module, targets: str | Iterable[str],
+                  wraps: tuple[type[nn.Module], ...] = (nn.Linear,)) -> list[str]:
+    """Names of the modules selected by ``targets`` (globs, ``re:<regex>``, or bare suffixes like ``"query"``), in
+    model order, among the modules of the types ``wraps`` (a variant layer's :attr:`VariantLayer.wraps`; ``nn.Linear``
+    unless the layer wraps other modules, as bottleneck adapters do). A pattern that matches no such module is a
+    :class:`ConfigError` that lists the closest names; so is a choice where one selected module holds another."""
     patterns = [targets] if isinstance(targets, str) else list(targets)
     if not patterns:
         raise ConfigError("targets is empty; give at least one pattern such as 'layers.*' or 'query'")
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or isinstance(m, VariantLayer)]
+    only_linear = tuple(wraps) == (nn.Linear,)
+    kind = "nn.Linear layer" if only_linear else "module of type " + " or ".join(t.__name__ for t in wraps)
+    linears = [n for n, m in model.named_modules()
+               if n and (isinstance(m, wraps) or isinstance(m, VariantLayer))]
     if not linears:
-        raise ConfigError(f"the model ({type(model).__name__}) has no nn.Linear layers to adapt")
+        raise ConfigError(f"the model ({type(model).__name__}) has no {kind}s to adapt")
     chosen: list[str] = []
     for p in patterns:
         hits = [n for n in linears if _matches(p, n)]
         if not hits:
             hint = difflib.get_close_matches(p.removeprefix("re:"), linears, n=3, cutoff=0.3)
-            raise ConfigError(f"target pattern {p!r} matches no nn.Linear layer"
+            plural = "Linear layers" if only_linear else "Modules"
+            raise ConfigError(f"target pattern {p!r} matches no {kind}"
                               + (f"; close names: {', '.join(hint)}" if hint else "")
-                              + f". Linear layers: {', '.join(linears[:12])}{' ...' if len(linears) > 12 else ''}")
+                              + f". {plural}: {', '.join(linears[:12])}{' ...' if len(linears) > 12 else ''}")
         chosen += [n for n in hits if n not in chosen]
+    if not only_linear:  # a Linear holds no Linear; any other module may hold a chosen one
+        for n in chosen:
+            inner = next((c for c in chosen if c.startswith(n + ".")), None)
+            if inner is not None:
+                raise ConfigError(f"targets select both {n!r} and {inner!r}, which it contains; a module is wrapped "
+                                  "once: narrow the pattern (e.g. 're:blocks\\.\\d+\\.mlp')")
     return [n for n in linears if n in chosen]  # model order
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    """Where a module's tensors live (CPU for one that holds none)."""
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -269,11 +289,11 @@ def adapt(model: nn.Module, variant: str | type[Variant], targets: str | Iterabl
             raise ConfigError("targets is required (glob patterns of nn.Linear module names, e.g. 'layers.*')")
     if any(isinstance(m, VariantLayer) for m in model.modules()):
         raise ConfigError("this model is already adapted; call adaptation.remove() first or use a fresh model")
-    names = match_targets(model, targets)
+    names = match_targets(model, targets, cls.Layer.wraps)
     saved_names = match_modules_to_save(model, modules_to_save, names)
     cfg = cls.Config.from_kwargs(config)
     modules = {n: model.get_submodule(n) for n in names}
-    shapes = {n: (m.out_features, m.in_features) for n, m in modules.items()}
+    shapes = {n: cls.Layer.target_shape(m) for n, m in modules.items()}
     cfg.validate(shapes)
     check_adaptation(cls, cfg, shapes, seed)  # refuse, before allocating, an adapter larger than the memory limit
 
@@ -289,7 +309,7 @@ def adapt(model: nn.Module, variant: str | type[Variant], targets: str | Iterabl
         with rng.seeded(_layer_seed(seed, -1)):
             torch.manual_seed(_layer_seed(seed, -1))
             shared = cls.SharedModule(cfg, shapes, seed) if cls.SharedModule is not None else None
-        device = next(iter(modules.values())).weight.device
+        device = _device_of(next(iter(modules.values())))
         if shared is not None:
             shared.to(device)
         layers = {}

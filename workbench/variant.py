@@ -5,7 +5,8 @@ A *variant* is a registered :class:`Variant` subclass that names three things:
 * ``Config``  - a dataclass of hyper-parameters with the paper's defaults. Every field is declared with
   :func:`param`, which records its allowed range, so validation, the CLI and the dashboard's generated forms
   all read the same source of truth.
-* ``Layer``   - a :class:`VariantLayer` that wraps one frozen ``nn.Linear`` (``self.base``).
+* ``Layer``   - a :class:`VariantLayer` that wraps one frozen ``nn.Linear`` (``self.base``), or, for a layer that
+  says so in :attr:`VariantLayer.wraps` (bottleneck adapters), one frozen module of any type, acting on its output.
 * ``Shared``  - optionally, a :class:`Shared` module built once from every target's shape and handed to each
   layer (random bases, one global vector, shared factors).
 
@@ -110,11 +111,27 @@ class VariantLayer(nn.Module):
     #: LoLDU's z, SVFit's σ, TLoRA's transform cores, QWHA's correction). :meth:`Variant.param_groups` keeps them out
     #: of weight decay; checked for every variant by ``tests/test_faithfulness_lowrank.py``.
     no_decay: ClassVar[tuple[str, ...]] = ()
+    #: the module types this layer can wrap; ``adapt()`` matches targets among modules of these types. ``nn.Linear``
+    #: for every layer that updates a weight; a bottleneck adapter wraps any module (a feed-forward block, a Linear)
+    #: and acts on its output, so it says ``(nn.Module,)`` and overrides :meth:`target_shape`
+    wraps: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
+    #: the layer is a function of the wrapped module's output alone (``forward = g(base(...))``), so layers of several
+    #: adaptations nest on one module and ``workbench.compose`` stacks them (MAD-X's Stack); False for weight updates,
+    #: which compose by adding their ΔW instead (``linear_delta``)
+    stacks: ClassVar[bool] = False
 
-    def __init__(self, base: nn.Linear, config: VariantConfig, shared: Shared | None = None, name: str = ""):
+    @classmethod
+    def target_shape(cls, module: nn.Module) -> Shape:
+        """``(out, in)`` of a module this layer would wrap: what config validation, memory estimates and error
+        messages read. Default: the Linear's ``(out_features, in_features)``."""
+        return (module.out_features, module.in_features)
+
+    def __init__(self, base: nn.Module, config: VariantConfig, shared: Shared | None = None, name: str = ""):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise ConfigError(f"{config.variant}: can only adapt nn.Linear modules; {name} is "
+        if not isinstance(base, self.wraps):
+            kinds = " or ".join(("nn." if t.__module__.startswith("torch.nn") else "") + t.__name__
+                                for t in self.wraps)
+            raise ConfigError(f"{config.variant}: can only adapt {kinds} modules; {name} is "
                               f"{type(base).__name__}")
         self.base = base
         self.config = config

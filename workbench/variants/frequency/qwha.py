@@ -14,7 +14,8 @@ at a least-squares correction of the quantization error ΔW_Q = W0 − W_Q:
 
 Without calibration data (``adapt()`` alone) X = I is used; ``prepare()`` (run by ``train()``) re-initialises from
 ``calib_batches`` batches of the task. The quantizer is the project's own: round-to-nearest (asymmetric min-max) or
-NormalFloat levels, per group of ``group_size`` inputs, 2/3/4 bits (the paper uses GPTQ + MagR; not included). The
+NormalFloat levels, per group of ``group_size`` inputs, 2/3/4 bits (the paper uses GPTQ + MagR; not included): the
+shared :func:`workbench.quant.quantize`, which LQ-LoRA's quantizer sits beside. The
 base copy lives in the layer, so ``Adaptation.remove()`` gives back the original full-precision module.
 Hadamard matrices of order 2^k (Sylvester) and (q+1)·2^k for primes q ≡ 3 mod 4 (Paley), so 384 = 12·32 works; the
 code also has orders 28, 36, ... that are not built here. Simplified: the code's extra scale (scale/√d_out) and its
@@ -42,11 +43,10 @@ import math
 from dataclasses import dataclass
 
 import scipy.linalg
-import scipy.stats
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ...quant import nf_levels, quantize  # noqa: F401 - the shared quantizer (workbench.quant); re-exported
 from ...variant import ConfigError, DenseDeltaLayer, Variant, VariantConfig, param, register
 
 PAPER = ("Jeon et al., 2025, QWHA: Quantization-Aware Walsh-Hadamard Adaptation for Parameter-Efficient Fine-Tuning on"
@@ -66,32 +66,6 @@ class QWHAConfig(VariantConfig):
             if hadamard_order(i) is None:
                 raise ConfigError(f"qwha: layer {name} ({o}x{i}) is invalid; its input width must be 2^k or "
                                   "(q+1)·2^k for a prime q ≡ 3 mod 4 (e.g. 384 = 12·32) for a Hadamard transform")
-
-
-def nf_levels(bits: int) -> torch.Tensor:
-    """2^bits NormalFloat levels in [-1, 1]: normal quantiles at evenly spaced probabilities, absmax-normalised."""
-    n = 2 ** bits
-    probs = torch.linspace(0.5 / n, 1 - 0.5 / n, n).double()
-    q = torch.from_numpy(scipy.stats.norm.ppf(probs.numpy()))
-    return (q / q.abs().max()).float()
-
-
-def quantize(w: torch.Tensor, bits: int, group_size: int, kind: str) -> torch.Tensor:
-    """Dequantized W_Q: per row, groups of ``group_size`` inputs share a scale (and, for RTN, a zero point)."""
-    out_f, in_f = w.shape
-    g = min(group_size, in_f)
-    pad = (-in_f) % g
-    x = F.pad(w.float(), (0, pad)).view(out_f, -1, g)
-    if kind == "rtn":
-        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-        scale = ((hi - lo) / (2 ** bits - 1)).clamp_min(1e-12)
-        q = torch.round((x - lo) / scale).clamp(0, 2 ** bits - 1) * scale + lo
-    else:
-        levels = nf_levels(bits).to(w.device)
-        absmax = x.abs().amax(-1, keepdim=True).clamp_min(1e-12)
-        idx = ((x / absmax)[..., None] - levels).abs().argmin(-1)
-        q = levels[idx] * absmax
-    return q.view(out_f, -1)[:, :in_f].to(w.dtype)
 
 
 def _is_prime(q: int) -> bool:
