@@ -107,7 +107,7 @@ def test_task_options_form_round_trips_and_reaches_the_task():
     # another synthetic task keeps what was typed (same declaration); a digits task shows its own, at defaults
     kept = cb.task_options_form("synthetic:lowrank", edited)
     assert kept.set_index("field").loc["layout", "value"] == "parallel"
-    assert cb.task_options_form("digits:rotate", edited).field.tolist() == ["stage"]
+    assert cb.task_options_form("digits:rotate", edited).field.tolist() == ["stage", "seed"]
 
 
 def test_train_form_shows_task_defaults_and_the_preset_with_their_source(lora_preset):

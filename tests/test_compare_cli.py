@@ -71,7 +71,10 @@ def test_a_budget_beyond_the_size_fields_reach_warns():
         assert not match_budget(TinyTask(), "randlora", 192, alpha=160.0).at_limit
 
 
-SIZED = [n for n in wb.variant_names() if n != "full"]
+#: nothing a budget can size at adapt(): full trains every entry, and sft is full fine-tuning until its mask of K
+#: entries is chosen (phase 2), so the count at adapt() does not move with K
+UNSIZED = ["full", "sft"]
+SIZED = [n for n in wb.variant_names() if n not in UNSIZED]
 #: counts monotone only at a coarser scale than one unit of the size field, with the reason
 SAWTOOTH = {"randlora": "ceil(d/r) bases of r + d parameters each: the count falls with r, rising within each run "
                         "of r that keeps the same number of bases"}
@@ -79,7 +82,7 @@ SAWTOOTH = {"randlora": "ceil(d/r) bases of r + d parameters each: the count fal
 
 def test_only_full_fine_tuning_has_nothing_to_size():
     unsized = [n for n in wb.variant_names() if _size_field(n) is None]
-    assert unsized == ["full"], f"variants without a size field for compare(budget=...): {unsized}"
+    assert unsized == UNSIZED, f"variants without a size field for compare(budget=...): {unsized}"
 
 
 def _monotone(seq) -> bool:
@@ -145,8 +148,12 @@ class FakeRay:
     def is_initialized(self):
         return self.started
 
-    def init(self):
-        self.started = True
+    def init(self, **kwargs):  # compare() passes address= and runtime_env=
+        self.started, self.init_kwargs = True, kwargs
+
+    def put(self, obj):  # the object store: one pickled copy, read by every task
+        self.puts = getattr(self, "puts", 0) + 1
+        return pickle.dumps(obj)
 
     def remote(self, fn):
         fake = self
@@ -155,7 +162,8 @@ class FakeRay:
             @staticmethod
             def remote(*args):
                 fake.calls += 1
-                return pickle.dumps(fn(*pickle.loads(pickle.dumps(args))))
+                task, *rest = args  # the first argument is the task's object-store reference
+                return pickle.dumps(fn(pickle.loads(task), *pickle.loads(pickle.dumps(rest))))
 
         return Handle
 
@@ -171,6 +179,7 @@ def test_ray_executor_runs_each_training_as_a_task(tmp_path, monkeypatch):
     cmp = wb.compare(TinyTask(), ["lora", "dora"], steps=10, lrs=(1e-3, 1e-2), lr="sweep", seeds=(0, 1),
                      probes=(), store=store, executor="ray")
     assert ray.started and ray.calls == 2 * 2 + 2  # the sweep at seed 0, then seed 1 at each best rate
+    assert ray.puts == 1 and "WORKBENCH_CACHE" in ray.init_kwargs["runtime_env"]["env_vars"]  # the task once
     assert list(cmp.table.variant) == ["lora", "lora", "dora", "dora"] and list(cmp.table.seed) == [0, 1, 0, 1]
     assert all(run.adaptation is None and run.status == "completed" for run in cmp.runs)
     assert len(store.list()) == 6  # the adapters are kept through the (shared) store

@@ -184,8 +184,16 @@ def test_compare_groups_runs_by_variant_names_the_metric_and_exports_csv(tmp_pat
     assert metric in runs.columns and "metric_value" not in runs.columns
     assert list(summary.variant) == ["lora", "full"] and list(summary.runs) == [2, 2]
     lora = runs[runs.variant == "lora"][metric]
-    assert summary[f"{metric} (mean ± sd)"].iloc[0] == f"{lora.mean():.4g} ± {lora.std(ddof=0):.2g}"
+    assert summary[f"{metric} (mean ± sd)"].iloc[0] == f"{lora.mean():.4g} ± {lora.std(ddof=1):.2g}"  # sample sd
     assert sweep.empty
+    # the Pareto view: one point per variant at its trainable parameters, its mean on the test split
+    pareto = cb.comparison_pareto(job.id)
+    (points,) = [t for t in pareto.data if t.mode == "markers+text"]
+    table = job.result.summary()
+    assert list(points.text) == ["lora", "full"] and "test" in pareto.layout.title.text
+    assert list(points.x) == list(table.trainable_params_mean)
+    assert list(points.y) == pytest.approx(list(table.metric_value_mean))
+    assert not [t for t in cb.comparison_pareto(None).data if t.mode == "markers+text"]
     csv = pd.read_csv(cb.comparison_csv(job.id))
     assert len(csv) == 4 and set(csv.run_id) == {r.id for r in job.runs} and set(csv.role) == {"compared"}
     assert metric in csv.columns

@@ -1326,3 +1326,116 @@ def set_y_scale(fig: go.Figure, scale: str = "log") -> None:
     values = [v for t in fig.data if getattr(t, "y", None) is not None and t.type in ("scatter", "scattergl")
               for v in t.y if isinstance(v, (int, float))]
     _log_axis(fig, values)
+
+
+# -- Pareto views of a study (issue 19) -------------------------------------------------------------------------
+#: the cost axes of the Pareto views: (column of a study summary, else of a comparison table; axis title)
+PARETO_COSTS = {"params": ("trainable_params", "trainable parameters"),
+                "time": ("seconds_per_step", "seconds per step"),
+                "memory": ("peak_memory_mb", "peak memory (MB)")}
+
+
+def pareto_front(cost: Sequence[float], metric: Sequence[float], higher_is_better: bool = False) -> list[bool]:
+    """Which points are on the Pareto frontier: no other point costs no more and scores at least as well, with one
+    of the two strictly (missing values are never on it)."""
+    pts = [(float(c), float(m) if higher_is_better else -float(m)) for c, m in zip(cost, metric)]
+    ok = [math.isfinite(c) and math.isfinite(m) for c, m in pts]
+    front = []
+    for i, (c, m) in enumerate(pts):
+        dominated = any(ok[j] and j != i and pts[j][0] <= c and pts[j][1] >= m and (pts[j][0] < c or pts[j][1] > m)
+                        for j in range(len(pts)))
+        front.append(ok[i] and not dominated)
+    return front
+
+
+def _pareto_columns(df: pd.DataFrame, cost: str, metric: str) -> tuple[pd.DataFrame, str, str, str | None]:
+    """A study summary (``<col>_mean`` columns, one row per protocol × variant) or a comparison table (one row
+    per run, averaged here over completed runs): the frame to draw, its cost and metric columns, the group column."""
+    group = "protocol" if "protocol" in df.columns else None
+    if f"{metric}_mean" in df.columns:  # a summary
+        return df, f"{cost}_mean" if f"{cost}_mean" in df.columns else cost, f"{metric}_mean", group
+    ok = df[df["status"] == "completed"] if "status" in df.columns else df
+    keys = [k for k in (group, "variant") if k]
+    g = ok.groupby(keys, sort=False)[[cost, metric]].mean().reset_index()
+    return g, cost, metric, group
+
+
+def pareto(df: pd.DataFrame, cost: str = "params", metric: str = "metric_value",
+           higher_is_better: bool | None = None) -> go.Figure:
+    """The metric of each variant (a point per protocol × variant, with its confidence interval when the frame has
+    one) against a cost (``"params"``, ``"time"``, ``"memory"`` or a column name), with the frontier of
+    non-dominated points drawn as a step line per protocol; the split the numbers are from is in the title."""
+    col, xtitle = PARETO_COSTS.get(cost, (cost, cost))
+    title = f"{_metric_label(df, metric) if df is not None and len(df) else metric} vs {xtitle}"
+    if df is None or len(df) == 0:
+        return _empty(title, "no results yet")
+    frame, x, y, group = _pareto_columns(df, col, metric)
+    if x not in frame.columns or y not in frame.columns:
+        return _empty(title, f"the table has no {x} column")
+    if higher_is_better is None:
+        higher_is_better = bool(df.attrs.get("higher_is_better", False))  # summarize() and compare() set it
+    frame = frame[pd.to_numeric(frame[x], errors="coerce").notna() & pd.to_numeric(frame[y], errors="coerce").notna()]
+    if frame.empty:
+        return _empty(title, "no completed runs with both numbers")
+    fig = go.Figure()
+    symbols = ["circle", "diamond", "square", "triangle-up"]
+    for k, (name, g) in enumerate(frame.groupby(group, sort=False) if group else [(None, frame)]):
+        colour = PALETTE[k % len(PALETTE)]
+        err = {}
+        if f"{metric}_ci_high" in g.columns:
+            hi, lo = g[f"{metric}_ci_high"] - g[y], g[y] - g[f"{metric}_ci_low"]
+            err = dict(error_y=dict(type="data", array=hi.fillna(0).tolist(), arrayminus=lo.fillna(0).tolist(),
+                                    thickness=1))
+        fig.add_trace(go.Scatter(x=g[x], y=g[y], mode="markers+text", text=list(g["variant"]),
+                                 textposition="top center", name=name or "variants", legendgroup=str(name),
+                                 marker=dict(size=10, color=colour, symbol=symbols[k % len(symbols)]),
+                                 hovertemplate="%{text}: %{y:.4g} at %{x:.4g}<extra></extra>", **err))
+        on = g[pareto_front(g[x].tolist(), g[y].tolist(), higher_is_better)].sort_values(x)
+        if len(on):
+            fig.add_trace(go.Scatter(x=on[x], y=on[y], mode="lines", line=dict(color=colour, dash="dot", shape="hv"),
+                                     name=f"frontier{f' ({name})' if name else ''}", legendgroup=str(name),
+                                     hoverinfo="skip"))
+    split = df.attrs.get("split") or (", ".join(dict.fromkeys(df["split"].astype(str))) if "split" in df else "")
+    better = "higher" if higher_is_better else "lower"
+    fig.update_layout(title=f"{title}{f' (on {split})' if split else ''}: {better} is better", xaxis_title=xtitle,
+                      yaxis_title=_metric_label(df, metric), **LAYOUT)
+    if col == "trainable_params":
+        _log_axis(fig, frame[x].tolist(), axis="x")
+    return fig
+
+
+def pareto_params(df: pd.DataFrame, metric: str = "metric_value") -> go.Figure:
+    """:func:`pareto` against trainable parameters (log axis)."""
+    return pareto(df, "params", metric)
+
+
+def pareto_time(df: pd.DataFrame, metric: str = "metric_value") -> go.Figure:
+    """:func:`pareto` against seconds per training step."""
+    return pareto(df, "time", metric)
+
+
+def pareto_memory(df: pd.DataFrame, metric: str = "metric_value") -> go.Figure:
+    """:func:`pareto` against a training step's peak memory (CUDA's peak allocation; on a CPU the tensors the run
+    holds plus the step's own peak, counted by ``Trainer._memory``, never the process's RSS)."""
+    return pareto(df, "memory", metric)
+
+
+def study_csv(df: pd.DataFrame, path=None) -> str:
+    """A study's (or comparison's) table as CSV, with its notes (split, spread, test) as leading ``#`` lines
+    (:func:`workbench.study.export_csv`)."""
+    from .study import export_csv
+
+    return export_csv(df, path)
+
+
+__all__ += ["pareto", "pareto_params", "pareto_time", "pareto_memory", "pareto_front", "study_csv", "PARETO_COSTS"]
+CAPTIONS.update({
+    "pareto": "Each point is a variant (per protocol), its metric against a cost, bars its confidence interval; the "
+              "dotted step line joins the points no other beats on both. Look for variants off the frontier.",
+    "pareto_params": "Metric against trainable parameters (log axis), frontier dotted. A variant below-right of "
+                     "the line spends more parameters for no better result.",
+    "pareto_time": "Metric against seconds per training step, frontier dotted. Fewer parameters do not always mean "
+                   "faster steps.",
+    "pareto_memory": "Metric against peak memory, frontier dotted. On a CPU this is the process's peak RSS, shared "
+                     "by every run of the process, so read it on a GPU.",
+})

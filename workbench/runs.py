@@ -66,9 +66,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def new_run_id(variant: str, task: str) -> str:
+    """``<time>-<task>-<variant>-<random>``: sortable by time; the random part (32 bits) keeps runs started in the
+    same second by several workers apart (and :meth:`RunStore.begin` refuses a taken one)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     slug = re.sub(r"[^A-Za-z0-9+-]+", "-", f"{task}-{variant}").strip("-")[:60]
-    return f"{stamp}-{slug}-{secrets.token_hex(2)}"
+    return f"{stamp}-{slug}-{secrets.token_hex(4)}"
+
+
+def _fresh_id(run_id: str) -> str:
+    """``run_id`` with a new random suffix (the part after its last ``-``)."""
+    return f"{run_id.rsplit('-', 1)[0]}-{secrets.token_hex(4)}"
 
 
 @dataclass
@@ -221,8 +228,19 @@ class RunStore:
 
     # -- incremental writes while training ------------------------------------------------------------------
     def begin(self, run: Run) -> None:
-        run.path = self.path(run.id)
-        run.path.mkdir(parents=True, exist_ok=True)
+        """Claim a folder for a new run. The folder is created exclusively: when another writer (a Ray worker, a
+        second dashboard) already holds that id, the run takes a fresh id, so two concurrent runs never share
+        or overwrite one folder (issue 19)."""
+        for _ in range(100):
+            path = self.path(run.id)
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                break
+            except FileExistsError:
+                run.id = _fresh_id(run.id)
+        else:
+            raise FileExistsError(f"no free run id in the run store for {run.id!r}")
+        run.path = path
         (run.path / "metrics.jsonl").touch()
         self._write_meta(run)
         self.beat(run, force=True)

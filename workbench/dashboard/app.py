@@ -323,6 +323,8 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                 cmp_sweep = Dataframe(label="learning-rate sweep (the other rates tried on the first seed)",
                                          interactive=False, wrap=True, elem_id="cmp-sweep", visible=False)
                 cmp_sweep_plot = captioned_plot("learning-rate sweep", "lr_sweep", elem_id="cmp-sweep-plot")
+                cmp_pareto = captioned_plot("metric against trainable parameters", "pareto_params",
+                                            elem_id="cmp-pareto")
                 cmp_csv = gr.DownloadButton("Export CSV", visible=False, elem_id="cmp-csv")
                 with gr.Row():
                     cmp_smooth = Slider(0, 0.99, value=0.0, step=0.01, label="smoothing of the training loss")
@@ -483,21 +485,22 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         def poll_compare(job_id, seen, module, smoothing, scale):
             version = cb.job_version(job_id)
             if version == seen:
-                return (gr.skip(),) * 11 + (seen,)
+                return (gr.skip(),) * 12 + (seen,)
             job = cb.jobs.get(job_id)
             modules = cb.modules_of(job.runs) if job else []
             module = module if module in modules else (modules[0] if modules else None)
             csv = cb.comparison_csv(job_id) if job is not None and job.done else None
             return (cb.comparison_status(job_id), gr.update(choices=cb.module_choices(modules), value=module),
                     gr.update(value=csv, visible=csv is not None), cb.comparison_sweep(job_id),
-                    *comparison_views(job_id, module, smoothing, scale), version)
+                    cb.comparison_pareto(job_id), *comparison_views(job_id, module, smoothing, scale), version)
 
         def comparison_views(job_id, module, smoothing=0.0, scale="log"):
             summary, runs, sweep, *figs = cb.comparison_view(job_id, module, smoothing, scale)
             return (summary, runs, gr.update(value=sweep, visible=not sweep.empty), *figs)
 
         timer.tick(poll_compare, [cmp_job, cmp_seen, cmp_module, cmp_smooth, cmp_scale],
-                   [cmp_status, cmp_module, cmp_csv, cmp_sweep_plot, *cmp_views, cmp_seen], show_progress="hidden")
+                   [cmp_status, cmp_module, cmp_csv, cmp_sweep_plot, cmp_pareto, *cmp_views, cmp_seen],
+                   show_progress="hidden")
         for trigger in (cmp_module.input, cmp_smooth.release, cmp_scale.input):
             trigger(_safe(comparison_views, 7), [cmp_job, cmp_module, cmp_smooth, cmp_scale], cmp_views)
 

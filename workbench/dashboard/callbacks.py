@@ -665,7 +665,8 @@ def comparison_rows(runs: list[Run], metric: str | None = None) -> pd.DataFrame:
 
 def comparison_summary(runs_df: pd.DataFrame) -> pd.DataFrame:
     """Per variant over its finished runs: how many, trainable parameters, and mean ± standard deviation (over
-    seeds; ddof=0 as ``Comparison.summary``) of the final loss and the task's metric."""
+    seeds; the sample standard deviation, ddof=1, as ``Comparison.summary``) of the final loss and the task's
+    metric."""
     metric = next((c for c in runs_df.columns if c.endswith("is better)") or c == "metric"), "metric")
     columns = ["variant", "runs", "trainable_params", "final_loss (mean ± sd)", f"{metric} (mean ± sd)",
                "ms_per_step"]
@@ -684,7 +685,7 @@ def _mean_sd(values) -> str:
         return ""
     if len(x) == 1:
         return f"{x.iloc[0]:.4g}"
-    return f"{x.mean():.4g} ± {x.std(ddof=0):.2g}"
+    return f"{x.mean():.4g} ± {x.std(ddof=1):.2g}"
 
 
 def _same_or_range(values) -> str:
@@ -703,6 +704,17 @@ def comparison_sweep(job_id: str | None):
     swept = sweep + [r for r in final if r.config.get("seed") == first] if sweep else []
     chosen = getattr(job.result, "best_lr", None) if job is not None and job.result is not None else None
     return figures.lr_sweep(swept, chosen=chosen or None)
+
+
+def comparison_pareto(job_id: str | None):
+    """The finished comparison's Pareto view (``figures.pareto_params``): each variant's mean metric with its 95%
+    interval, on the split ``compare()`` reports (test), against its trainable parameters, the frontier drawn; from
+    ``Comparison.summary()``, so the dashboard shows the study's numbers, not a second computation."""
+    job = jobs.get(job_id)
+    result = job.result if job is not None else None
+    if result is None or not hasattr(result, "summary"):
+        return figures.pareto_params(pd.DataFrame())
+    return figures.pareto_params(result.summary())
 
 
 def comparison_csv(job_id: str | None) -> str | None:

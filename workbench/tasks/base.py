@@ -26,6 +26,13 @@ class Task:
     ``model()`` returns a fresh, frozen, deterministic copy each call; ``batches("train")`` is an endless
     deterministic stream for a seed, other splits are one pass; ``evaluate`` reports ``loss`` and ``metric`` on the
     validation split; ``reference_delta()`` is the true ΔW per module where it is known (synthetic tasks).
+
+    Splits (issue 19): ``"train"`` trains, ``"val"`` selects (evaluation during training, the learning-rate sweep
+    of :func:`~workbench.compare.compare`) and ``"test"`` reports: ``evaluate(model, max_batches=None,
+    split="test")`` and ``batches("test")`` read data that neither training nor selection touched (synthetic: fresh
+    draws from the task's seed stream; digits: a fixed half of the held-out digits; text: the dataset's test file,
+    else a fixed part of the training file left out of training). ``split="val"`` stays the default, so a task
+    without a test split is still a Task; :func:`has_test_split` tells them apart.
     """
 
     name: str = "?"
@@ -50,7 +57,7 @@ class Task:
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, max_batches: int | None = None, split: str = "val") -> dict[str, float]:
         raise NotImplementedError
 
     def reference_delta(self) -> dict[str, torch.Tensor] | None:
@@ -61,6 +68,18 @@ class Task:
 
     def options(self) -> dict[str, Any]:
         return {}
+
+
+SPLITS = ("train", "val", "test")
+
+
+def has_test_split(task: Any) -> bool:
+    """Whether ``task.evaluate`` takes ``split=`` (a task written before issue 19 does not): reporting on ``test``
+    needs it."""
+    try:
+        return "split" in inspect.signature(task.evaluate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def frozen(model: nn.Module) -> nn.Module:

@@ -18,6 +18,11 @@ domain — upright digits — deterministically in a few seconds and cached as s
                 learned 5–9 may take over 0–4) and ``accuracy/<stage>/own`` among the stage's own five classes
                 (task-incremental, the protocol of CoDyRA's MTIL benchmark, where each task is scored among its own
                 labels), so forgetting inside the body shows apart from the head's bias.
+
+Splits (issue 19): the digits the model was not pretrained on (a fixed quarter, :data:`SPLIT`) are divided in
+two, a fixed half for ``val`` (selection: evaluation while training, learning-rate sweeps) and the other half for
+``test`` (reporting), by a permutation seeded with :data:`HELD_OUT` plus the task's ``seed`` option (0: the fixed
+division; another seed is a *data seed* of a study, which draws another division).
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ PRETRAIN = {"steps": 600, "lr": 3e-3, "batch": 128, "seed": 0}
 OPTIMIZER = {"name": "AdamW", "weight_decay": 0.01}
 #: the fixed train/validation split of the 1797 digits: a seeded permutation, the first fraction trains
 SPLIT = {"seed": 1234, "train_fraction": 0.75}
+#: the held-out digits (the last quarter of SPLIT) are divided into validation and test by a permutation with this
+#: seed (plus the task's ``seed`` option); the first ``val_fraction`` of it selects, the rest reports
+HELD_OUT = {"seed": 4321, "val_fraction": 0.5}
 #: pixel intensities (0–16 in scikit-learn) are divided by this
 SCALE = 16.0
 
@@ -116,6 +124,14 @@ def _split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT["seed"]))
     cut = int(SPLIT["train_fraction"] * n)
     return perm[:cut], perm[cut:]
+
+
+def _held_out(val_idx: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out digits divided into (validation, test) indices, disjoint, fixed for a seed. Pretraining reads
+    only the training part of :func:`_split`, so both halves are new to the pretrained model."""
+    perm = torch.randperm(len(val_idx), generator=torch.Generator().manual_seed(HELD_OUT["seed"] + seed))
+    cut = int(HELD_OUT["val_fraction"] * len(val_idx))
+    return val_idx[perm[:cut]], val_idx[perm[cut:]]
 
 
 def shift_images(images: torch.Tensor, labels: torch.Tensor, shift: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,6 +212,8 @@ class DigitsOptions(Options):
 
     stage: int | None = param(None, low=0, high=len(STAGES) - 1,
                               help="digits:continual only: which shift of the sequence (0 rotate, 1 invert, 2 classes)")
+    seed: int = param(0, low=0, high=2**31 - 1,
+                      help="data seed: which held-out digits validate and which test (0: the fixed division)")
 
     @classmethod
     def _kind(cls) -> str:
@@ -221,29 +239,31 @@ class DigitsTask(Task):
                               f"(leave it empty for {name})")
         stage = o.stage
         self.name, self.shift = name, shift
-        self._stage = stage
+        self._stage, self._seed = stage, o.seed
         self.current = STAGES[stage or 0] if shift == "continual" else shift
         self.targets = ["blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"]
         if self.current == "classes":
             self.targets = self.targets + ["head"]
         images, labels = _digits()
-        train_idx, val_idx = _split(len(images))
+        train_idx, held_idx = _split(len(images))
+        val_idx, test_idx = _held_out(held_idx, o.seed)
         self._data = {}
         make = continual_stage if shift == "continual" else shift_images
-        for split, idx in (("train", train_idx), ("val", val_idx)):
+        for split, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
             self._data[split] = make(images[idx], labels[idx], self.current)
-        self._all_val = {s: continual_stage(images[val_idx], labels[val_idx], s) for s in STAGES}
+        self._all = {split: {s: continual_stage(images[idx], labels[idx], s) for s in STAGES}
+                     for split, idx in (("val", val_idx), ("test", test_idx))}
 
     def stages(self) -> list[DigitsTask]:
         """The continual sequence as tasks sharing one pretrained model (rotate → invert → classes)."""
-        return [DigitsTask("continual", stage=i) for i in range(len(STAGES))]
+        return [DigitsTask("continual", stage=i, seed=self._seed) for i in range(len(STAGES))]
 
     # -- the Task protocol ------------------------------------------------------------------------------------
     def model(self) -> nn.Module:
         return frozen(pretrained_vit(_source_name(self.shift)))
 
     def batches(self, split: str = "train", batch_size: int = 32, seed: int = 0) -> Iterator[Batch]:
-        check_option(self.name, "split", split, choices=("train", "val"))
+        check_option(self.name, "split", split, choices=("train", "val", "test"))
         x, y = self._data[split]
         if split == "train":
             for idx in index_stream(len(x), batch_size, seed):
@@ -268,17 +288,20 @@ class DigitsTask(Task):
             pred = logits.argmax(-1).cpu()
         return loss, float((pred == y).float().mean())
 
-    def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, max_batches: int | None = None, split: str = "val") -> dict[str, float]:
+        """Loss and accuracy on ``split`` ("val" selects, "test" reports); every stage's for ``continual``."""
+        check_option(self.name, "split", split, choices=("val", "test"))
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                loss, acc = self._scores(model, *self._data["val"])
+                loss, acc = self._scores(model, *self._data[split])
                 out = {"loss": loss, "accuracy": acc}
                 if self.shift == "continual":
+                    held = self._all[split]
                     for s in STAGES:
-                        out[f"accuracy/{s}"] = self._scores(model, *self._all_val[s])[1]
-                        out[f"accuracy/{s}/own"] = self._scores(model, *self._all_val[s], among=STAGE_CLASSES[s])[1]
+                        out[f"accuracy/{s}"] = self._scores(model, *held[s])[1]
+                        out[f"accuracy/{s}/own"] = self._scores(model, *held[s], among=STAGE_CLASSES[s])[1]
         finally:
             model.train(was_training)
         return out
@@ -292,7 +315,10 @@ class DigitsTask(Task):
             return self._scores(model.eval(), x, y)[1]
 
     def options(self) -> dict[str, Any]:
-        return {} if self._stage is None else {"stage": self._stage}
+        out = {} if self._stage is None else {"stage": self._stage}
+        if self._seed:
+            out["seed"] = self._seed
+        return out
 
     def describe(self) -> str:
         what = {"rotate": "digits rotated by 90°", "invert": "digits with inverted intensities",
@@ -300,4 +326,5 @@ class DigitsTask(Task):
                 "continual": "a sequence: digits 0–4 rotated, then inverted, then the new classes 5–9 (use "
                              "`stages()`; the model was pretrained on 0–4)"}[self.shift]
         return (f"**{self.name}**: a tiny ViT (2 blocks, width 32, 16 patches of 2×2) pretrained on upright "
-                f"scikit-learn digits, adapted to {what}. Metric: validation accuracy.")
+                f"scikit-learn digits, adapted to {what}. Metric: accuracy (validation digits select, test digits "
+                f"report).")

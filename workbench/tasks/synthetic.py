@@ -117,6 +117,8 @@ class SyntheticOptions(Options):
     noise: float = param(0.0, low=0.0, high=10.0, help="standard deviation of label noise")
     n_train: int = param(4096, low=64, high=1_000_000, help="training examples")
     n_val: int = param(1024, low=16, high=1_000_000, help="validation examples")
+    n_test: int | None = param(None, low=16, high=1_000_000,
+                               help="test examples, fresh draws after the others (none: as many as n_val)")
     layout: str = param("chain", choices=LAYOUTS, help="chain: layers in sequence; parallel: side by side on one input")
     seed: int = param(0, low=0, high=2**31 - 1, help="seed of the base weights, the truth and the data")
 
@@ -130,6 +132,7 @@ class SyntheticOptions(Options):
         min_depth = len(MIXED_RANKS) if structure == "mixed" else 1
         o.depth = o.depth if o.depth is not None else (len(MIXED_RANKS) if structure == "mixed" else 2)
         o.n_coefficients = o.n_coefficients if o.n_coefficients is not None else 2 * o.dim
+        o.n_test = o.n_test if o.n_test is not None else o.n_val
         o.validate()
         if structure == "wht" and o.dim & (o.dim - 1):
             raise ConfigError(f"{owner}: dim={o.dim} is invalid; dim must be a power of two for Walsh-Hadamard")
@@ -163,8 +166,7 @@ class SyntheticTask(Task):
         self.name, self.structure = name, structure
         self._options = {"dim": dim, "depth": depth, "rank": rank, "n_coefficients": n_coefficients,
                          "strength": strength, "decay": decay, "noise": noise, "n_train": n_train, "n_val": n_val,
-                         "layout": layout,
-                         "seed": seed}
+                         "n_test": o.n_test, "layout": layout, "seed": seed}
         g = torch.Generator().manual_seed(seed)
         # a spread spectrum (1.5 → 0.5) keeps activations at unit scale and makes W0's singular vectors unique,
         # which intruder-dimension counts need (an orthogonal W0 has every basis as singular vectors)
@@ -180,9 +182,15 @@ class SyntheticTask(Task):
             x = torch.randn(n_train + n_val, dim, generator=g)
             y = teacher(x)
             y = y + noise * torch.randn(y.shape, generator=g)
-        self._x = {"train": x[:n_train], "val": x[n_train:]}
-        self._y = {"train": y[:n_train], "val": y[n_train:]}
-        self._y_var = float(self._y["val"].var())
+            # the test split: fresh draws from the same stream, after everything train and val use, so adding it
+            # left both unchanged (issue 19: selection on val, reporting on test)
+            x_test = torch.randn(o.n_test, dim, generator=g)
+            y_test = teacher(x_test)
+            y_test = y_test + noise * torch.randn(y_test.shape, generator=g)
+        self._x = {"train": x[:n_train], "val": x[n_train:], "test": x_test}
+        self._y = {"train": y[:n_train], "val": y[n_train:], "test": y_test}
+        self._y_vars = {s: float(self._y[s].var()) for s in ("val", "test")}
+        self._y_var = self._y_vars["val"]
 
     @staticmethod
     def estimate_bytes(o: SyntheticOptions) -> int:
@@ -190,7 +198,7 @@ class SyntheticTask(Task):
         updates and the teacher (3·depth·dim²), and the inputs, targets, their noise and the teacher's
         intermediate activations ((n_train + n_val)·dim·(3 + 3·outputs), outputs = depth side by side)."""
         outputs = o.depth if o.layout == "parallel" else 1
-        n = o.n_train + o.n_val
+        n = o.n_train + o.n_val + (o.n_test if o.n_test is not None else o.n_val)
         return 4 * (3 * o.depth * o.dim * o.dim + n * o.dim * (3 + 3 * outputs))
 
     def _scaled(self, delta: torch.Tensor) -> torch.Tensor:
@@ -230,7 +238,7 @@ class SyntheticTask(Task):
         return frozen(m)
 
     def batches(self, split: str = "train", batch_size: int = 32, seed: int = 0) -> Iterator[Batch]:
-        check_option(self.name, "split", split, choices=("train", "val"))
+        check_option(self.name, "split", split, choices=("train", "val", "test"))
         x, y = self._x[split], self._y[split]
         if split == "train":
             for idx in index_stream(len(x), batch_size, seed):
@@ -242,17 +250,19 @@ class SyntheticTask(Task):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return nn.functional.mse_loss(model(batch["x"]), batch["y"])
 
-    def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, max_batches: int | None = None, split: str = "val") -> dict[str, float]:
+        """Loss and relative error (MSE / Var(y) of the split) on ``split`` ("val" selects, "test" reports)."""
+        check_option(self.name, "split", split, choices=("val", "test"))
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 device = next(model.parameters()).device
-                pred = model(self._x["val"].to(device))
-                loss = float(nn.functional.mse_loss(pred, self._y["val"].to(device)))
+                pred = model(self._x[split].to(device))
+                loss = float(nn.functional.mse_loss(pred, self._y[split].to(device)))
         finally:
             model.train(was_training)
-        return {"loss": loss, "rel_error": loss / self._y_var}
+        return {"loss": loss, "rel_error": loss / self._y_vars[split]}
 
     def reference_delta(self) -> dict[str, torch.Tensor]:
         return {n: d.clone() for n, d in self._deltas.items()}
