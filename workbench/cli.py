@@ -1,5 +1,5 @@
-"""The ``workbench`` command: list variants, train one, compare several, list stored runs, run the demo, start
-the dashboard."""
+"""The ``workbench`` command: list variants, train one, compare several, list stored runs, inspect an adapter
+folder (PEFT's or the workbench's own), run the demo, start the dashboard."""
 
 from __future__ import annotations
 
@@ -125,6 +125,122 @@ def cmd_runs(args) -> None:
     _print(df) if len(df) else print(f"no runs in {args.runs}")
 
 
+def load_adapter_folder(model, path: Path):
+    """A PEFT adapter folder (``adapter_config.json``) through ``from_peft``, or a saved workbench adaptation
+    (``adaptation.json``) through ``load_adaptation``, on ``model``."""
+    from .adapt import load_adaptation
+    from .peft_import import from_peft
+
+    if (path / "adapter_config.json").exists():
+        return from_peft(model, path)
+    if (path / "adaptation.json").exists():
+        return load_adaptation(model, path)
+    raise FileNotFoundError(f"{path} holds neither a PEFT adapter (adapter_config.json) nor a workbench adaptation "
+                            "(adaptation.json)")
+
+
+def inspection_run(ad, task, probes="all", batch_size: int = 16, eval_batches: int | None = 4, source: str = ""):
+    """One probe pass over an adaptation as a step-0 :class:`~workbench.runs.Run`: the gradient probes see the
+    gradient of one training batch's loss (eval mode, so dropout is off), then every probe's ``after_step`` runs
+    and the task's metric is measured on ``eval_batches`` validation batches. Nothing is trained or changed."""
+    import torch
+
+    from .probes import ProbeContext, get_probes
+    from .runs import Run, new_run_id
+
+    run = Run(id=new_run_id(ad.variant_name, task.name), status="completed", adaptation=ad,
+              config={"task": task.name, "variant": ad.variant_name, "config": ad.config.to_dict(), "seed": ad.seed,
+                      "steps": 0, "source": source, "modules": ad.module_names})
+    ad.model.eval()
+    device = next(ad.model.parameters()).device
+    batch = next(iter(task.batches("train", batch_size=batch_size, seed=0)))
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()} if isinstance(batch, dict) \
+        else batch
+    probe_list = get_probes(probes)
+    reference = task.reference_delta() if hasattr(task, "reference_delta") else None
+    for p in ad.parameters():
+        p.grad = None
+    loss = task.loss(ad.model, batch)
+    loss.backward()
+    for phase in ("before_step", "after_step"):
+        for probe in probe_list:
+            out = getattr(probe, phase)(ProbeContext(adaptation=ad, task=task, step=0, batch=batch,
+                                                     reference=reference))
+            for module, key, value in (out.records if out else []):
+                run.log(0, probe.name, module, key, value)
+            for (module, name), tensor in (out.arrays.items() if out else []):
+                run.add_snapshot(0, probe.name, module, name, tensor)
+    for p in ad.parameters():
+        p.grad = None
+    with torch.no_grad():
+        result = task.evaluate(ad.model, max_batches=eval_batches)
+    for key, value in result.items():
+        run.log(0, "eval", "", key, value)
+    metric = getattr(task, "metric", "loss")
+    run.summary.update({"status": run.status, "steps_done": 0, "trainable_params": ad.num_trainable(),
+                        "init_loss": result.get("loss"), "final_loss": result.get("loss"), "metric": metric,
+                        "metric_value": result.get(metric), "batch_loss": float(loss.detach()),
+                        "higher_is_better": getattr(task, "higher_is_better", False)})
+    return run
+
+
+def inspection_html(run, title: str) -> str:
+    """Every probe's view of an inspected adapter as one self-contained HTML page (plotly.js embedded once)."""
+    import html
+
+    from . import figures
+
+    modules = list(dict.fromkeys(run.metrics.module[run.metrics.module != ""]))
+    table = (run.metrics[run.metrics.module != ""].pivot_table(index="module", columns=["probe", "key"],
+                                                               values="value", sort=False)
+             if modules else pd.DataFrame())
+    figs = [("Singular values of ΔW, per module", figures.small_multiples([run], "spectra")),
+            ("Variant views", figures.variant_views(run))]
+    if any(hasattr(layer, "magnitude") for _, layer in run.adaptation.named_layers()):  # DoRA-style m
+        figs.append(("Magnitudes", figures.magnitude_view(run)))
+    if modules:
+        figs.append((f"Frequency map · {modules[0]}", figures.frequency_map(run, modules[0],
+                                                                           kind=figures.frequency_basis(run))))
+    s = run.summary
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p>{html.escape(run.variant)} · {s.get('trainable_params', 0):,} adapter parameters · "
+             f"{html.escape(str(s.get('metric')))} = {html.escape(figures.fmt_number(s.get('metric_value')))} "
+             f"(validation, a few batches) · loss of one training batch {s.get('batch_loss', float('nan')):.4g}</p>",
+             "<h2>Probe values per module</h2>", table.to_html(float_format=lambda v: f"{v:.4g}", border=0)]
+    for i, (heading, fig) in enumerate(figs):
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}"
+            "table{font-size:12px;border-collapse:collapse}td,th{padding:2px 6px}</style></head>"
+            f"<body>{''.join(parts)}</body></html>")
+
+
+def cmd_inspect(args) -> None:
+    """Open an adapter folder on a task's model, run every probe on it once, print the values and write HTML."""
+    from . import tasks
+    from .runs import RunStore
+
+    path = Path(args.path)
+    options = _pairs("--option", args.option)
+    cls = tasks.task_class(args.task)
+    task = tasks.get(args.task, **(cls.option_class.from_strings(options) if options and cls.option_class
+                                   else options))
+    ad = load_adapter_folder(task.model(), path)
+    probes = args.probes[0] if args.probes in (["all"], ["default"]) else args.probes
+    run = inspection_run(ad, task, probes=probes, eval_batches=args.eval_batches, source=str(path))
+    m = run.metrics
+    _print(m[m.module != ""].pivot_table(index="module", columns="key", values="value", sort=False).reset_index())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(inspection_html(run, f"{path.name}: {ad.variant_name} on {task.name}"), encoding="utf-8")
+    print(f"{ad.variant_name} adapter on {len(ad.module_names)} modules; {run.summary['metric']} = "
+          f"{run.summary['metric_value']}; report written to {out}")
+    if args.runs:
+        RunStore(args.runs).save(run)
+        print(f"stored as run {run.id} in {args.runs} (open it in the dashboard's Inspect tab)")
+
+
 def cmd_demo(args) -> None:
     """A side-by-side comparison on a synthetic task, printed as a table and written as an HTML report."""
     from .report import demo_report
@@ -192,6 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", default="runs")
     s.add_argument("--delete", metavar="RUN_ID")
     s.set_defaults(fn=cmd_runs)
+
+    i = sub.add_parser("inspect", help="open an adapter folder (PEFT or workbench) on a task's model and write an "
+                                       "HTML report of every probe on it")
+    i.add_argument("path", help="a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) or a saved "
+                                "workbench adaptation")
+    i.add_argument("--task", required=True, help="the task whose model the adapter was trained on, e.g. text:sst2")
+    i.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="task options, e.g. data_dir=... model=...")
+    i.add_argument("--out", default="out/inspect.html", help="the HTML report to write")
+    i.add_argument("--probes", nargs="+", default=["all"], help="probe names, or 'all' / 'default'")
+    i.add_argument("--eval-batches", type=int, default=4, help="validation batches for the task's metric")
+    i.add_argument("--runs", default=None, help="also store the inspection as a run in this folder")
+    i.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("demo", help="compare LoRA, full fine-tuning and others on a synthetic task; HTML report")
     d.add_argument("--out", default="out/demo.html")

@@ -1,7 +1,8 @@
 """Tasks: ``get(name, **options)`` and ``names()``.
 
 ``synthetic:<structure>`` (a known true ΔW), ``digits:<shift>`` (a tiny ViT on scikit-learn's digits) and
-``text:sst2`` (all-MiniLM-L6-v2). Each is a :class:`~workbench.tasks.base.Task`.
+``text:classify`` (all-MiniLM-L6-v2 on any text classification data; ``text:sst2`` is its SST-2 preset). Each is a
+:class:`~workbench.tasks.base.Task`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ def _digits() -> type[Task]:
     return DigitsTask
 
 
+def _family() -> type[Task]:
+    from .family import FamilyTask
+
+    return FamilyTask
+
+
 def _text() -> type[Task]:
     from .text import TextTask  # imported on first use: it pulls in transformers
 
@@ -31,8 +38,9 @@ def _text() -> type[Task]:
 
 _FAMILIES: dict[str, tuple[Callable[[], type[Task]], tuple[str, ...]]] = {
     "synthetic": (lambda: SyntheticTask, STRUCTURES),
+    "synthetic-family": (_family, ("path",)),
     "digits": (_digits, ("rotate", "invert", "classes", "continual")),
-    "text": (_text, ("sst2",)),
+    "text": (_text, ("sst2", "classify")),
 }
 
 
