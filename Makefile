@@ -9,7 +9,7 @@ PORT ?= 7860
 PYTEST_WORKERS ?= 2
 DATA_DIR ?= $(wildcard ../shared/data)
 
-.PHONY: run test test-quick bench demo lint lock clean screenshots
+.PHONY: run test test-quick bench demo lint lock clean screenshots lab site
 
 # one torch thread per pytest worker: two workers each spinning two OpenMP threads on two cores ran the
 # notebooks 15x slower (142 s instead of 9 s)
@@ -42,6 +42,20 @@ lock:
 
 run: $(STAMP)
 	$(PY) app.py --host $(HOST) --port $(PORT) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+# JupyterLab on loopback with the notebooks as its root and this project's .venv as the kernel (registered in
+# .venv/share/jupyter, so nothing lands in ~/.local); Jupyter prints the URL with its token (LAB_PORT, LAB_ROOT to change)
+LAB_PORT ?= 8888
+LAB_ROOT ?= notebooks
+lab: $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name lora-workbench --display-name "LoRA Workbench (.venv)" >/dev/null
+	$(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=$(HOST) --ServerApp.port=$(LAB_PORT) \
+	  --ServerApp.root_dir=$(LAB_ROOT) --MappingKernelManager.default_kernel_name=lora-workbench \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# every notebook executed into static HTML with interactive plotly figures (plotly.js once, offline) + an index
+site: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m workbench.site --out site
 
 demo: $(STAMP)
 	$(VENV)/bin/workbench demo
