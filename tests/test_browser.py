@@ -242,7 +242,7 @@ def test_inspect_of_a_loca_run_renders_quickly(server, page):
     page.get_by_role("button", name="Refresh list").locator("visible=true").first.click()
     page.get_by_label("saved run").locator("visible=true").first.click()
     page.get_by_role("option", name=re.compile(r"^dora · synthetic:lowrank · ")).first.click()
-    page.locator("#insp-magnitude").wait_for(state="visible", timeout=30_000)
+    page.locator("#insp-magnitude").wait_for(state="visible", timeout=90_000)  # restores the adapter
 
 
 def test_every_variants_formula_renders(server, page):
