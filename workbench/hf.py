@@ -325,12 +325,8 @@ class ProbeCallback(TrainerCallback):
                     pctx = ProbeContext(adaptation=self.adaptation, task=self.loss_task, step=step, batch=self.batch,
                                         state=self.states[probe.name], loop=self.ctx)
                     out = getattr(probe, phase)(pctx)
-                    if out is None:
-                        continue
-                    for module, key, value in out.records:
-                        self.run.log(step, probe.name, module, key, value)
-                    for (module, name), tensor in out.arrays.items():
-                        self.run.add_snapshot(step, probe.name, module, name, tensor)
+                    if out is not None:
+                        out.record(self.run, step, probe.name)
         finally:
             self.probing = False
             self.probe_seconds += time.perf_counter() - started

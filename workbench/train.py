@@ -160,12 +160,8 @@ class Trainer:
             pctx = ProbeContext(adaptation=self.ad, task=self.task, step=step, batch=batch, reference=self.reference,
                                 state=self.probe_states[probe.name], loop=self.ctx)
             out = getattr(probe, phase)(pctx)
-            if out is None:
-                continue
-            for module, key, value in out.records:
-                self.run.log(step, probe.name, module, key, value)
-            for (module, name), tensor in out.arrays.items():
-                self.run.add_snapshot(step, probe.name, module, name, tensor)
+            if out is not None:
+                out.record(self.run, step, probe.name)
 
     def record_recipe(self, step: int) -> None:
         """What the recipe reports at a probe step (ALLoRA's row factors, LoRA-Pro's ‖X‖, ...), as probe ``recipe``."""

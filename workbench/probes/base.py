@@ -31,6 +31,14 @@ class ProbeResult:
     def add(self, module: str, key: str, value) -> None:
         self.records.append((module, key, float(value)))
 
+    def record(self, run, step: int, probe: str) -> None:
+        """Write this result into ``run`` (metrics rows and snapshots): the one place both training loops, ours and
+        the HF Trainer's callback, turn a probe's output into a run's records."""
+        for module, key, value in self.records:
+            run.log(step, probe, module, key, value)
+        for (module, name), tensor in self.arrays.items():
+            run.add_snapshot(step, probe, module, name, tensor)
+
 
 class Probe:
     name: ClassVar[str] = "?"
