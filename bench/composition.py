@@ -29,8 +29,8 @@ from torch import nn
 
 import workbench as wb
 from workbench.compose import compose
-from workbench.tasks.base import Task, frozen, index_stream
-from workbench.tasks.digits import _digits, _split, pretrained_vit, shift_images
+from workbench.tasks.base import Task, frozen
+from workbench.tasks.digits import _digits, _split, image_batches, pretrained_vit, shift_images
 from workbench.variants.modular.adapter import FFN_TARGETS
 
 BODY = ["blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"]
@@ -59,12 +59,7 @@ class SubsetTask(Task):
 
     def batches(self, split: str = "train", batch_size: int = 32, seed: int = 0) -> Iterator[dict]:
         x, y = self.train if split == "train" else self.val
-        if split == "train":
-            for idx in index_stream(len(x), batch_size, seed):
-                yield {"images": x[idx], "labels": y[idx]}
-        else:
-            for i in range(0, len(x), batch_size):
-                yield {"images": x[i:i + batch_size], "labels": y[i:i + batch_size]}
+        yield from image_batches(x, y, train=split == "train", batch_size=batch_size, seed=seed)
 
     def loss(self, model, batch):
         return nn.functional.cross_entropy(model(batch["images"]), batch["labels"])

@@ -9,7 +9,10 @@ Rows (issue 24):
                  token batches, a mean-pooled 2-way head, the text task's targets (every linear layer).
 
 Each model trains LoRA (r = 8) twice with the same seed and settings: once with ``probes=None``, once with the
-default probes (``get_probes("default")``) every ``--every`` steps (the default cadence: 10, plus the last step).
+default probes (``get_probes("default")``) at the default cadence: every ``--every`` steps (10) under the default
+``probe_budget`` (5% of training time: a probe that costs more skips steps of the cadence, the first and the last
+call always made; :mod:`workbench.probes.schedule`). ``--budget none`` measures the fixed cadence instead. The
+``calls`` column says how often each probe ran.
 ``train_s`` is the training time of the run without probes (``seconds_per_step`` × steps, the loop's own time),
 ``probes_s`` the time spent inside the probes of the probed run (every ``Trainer.probe`` call, measured around it,
 one-time work such as the cached SVD of W0 included), ``overhead`` = probes_s / train_s. Target: ≤ 5%.
@@ -118,14 +121,17 @@ class _ProbeClock:
 
 
 def measure(task, hidden: int, args) -> dict:
-    common = dict(steps=args.steps, every=args.every, batch_size=args.batch, lr=1e-3, seed=0, device=args.device,
+    batch = args.batch or (task.defaults.get("batch_size", 32) if hasattr(task, "defaults") else 16)
+    common = dict(steps=args.steps, every=args.every, batch_size=batch, lr=1e-3, seed=0, device=args.device,
                   eval_every=10**6, progress=False, presets=False, config={"r": 8})
     plain = wb.train(task, "lora", probes=None, **common)
     with _ProbeClock() as clock:
-        probed = wb.train(task, "lora", probes="default", **common)
+        budget = {} if args.budget == "default" else {"probe_budget": args.budget}
+        probed = wb.train(task, "lora", probes="default", **budget, **common)
     train_s = plain.summary["seconds_per_step"] * plain.summary["steps_done"]
     return {"model": task.name, "hidden": hidden, "train_s": train_s, "probes_s": clock.seconds,
             "overhead": clock.seconds / max(train_s, 1e-12),
+            "calls": " ".join(f"{k[:4]}={v}" for k, v in probed.summary["probe_calls"].items()),
             "probed_seconds_per_step": probed.summary["seconds_per_step"],
             "plain_seconds_per_step": plain.summary["seconds_per_step"]}
 
@@ -142,9 +148,13 @@ def main(argv=None) -> None:
                     help="widths of the random BERT-like models")
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=32, help="tokens per sequence of the random models")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="examples per step (default: the text task's own, 32; 16 for the random models)")
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--every", type=int, default=10, help="the probe cadence (the default setting: 10)")
+    ap.add_argument("--budget", type=lambda v: v if v == "default" else None if v == "none" else float(v),
+                    default="default", help="probe_budget (default: the setting's default), or none for the fixed "
+                                            "cadence")
     ap.add_argument("--no-minilm", action="store_true", help="skip the MiniLM text-task row")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
@@ -171,9 +181,9 @@ def main(argv=None) -> None:
 def _print_row(r: dict, header: bool) -> None:
     if header:
         print(f"{'model':<10} {'hidden':>6} {'train_s':>9} {'probes_s':>9} {'overhead':>9}  "
-              f"{'s/step plain':>12} {'s/step probed':>13}")
+              f"{'s/step plain':>12} {'s/step probed':>13}  calls")
     print(f"{r['model']:<10} {r['hidden']:>6} {r['train_s']:>9.2f} {r['probes_s']:>9.3f} {r['overhead']:>8.1%}  "
-          f"{r['plain_seconds_per_step']:>12.4f} {r['probed_seconds_per_step']:>13.4f}", flush=True)
+          f"{r['plain_seconds_per_step']:>12.4f} {r['probed_seconds_per_step']:>13.4f}  {r['calls']}", flush=True)
 
 
 if __name__ == "__main__":

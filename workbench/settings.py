@@ -43,6 +43,9 @@ class TrainSettings(Options):
     max_grad_norm: float | None = param(None, low=0, low_open=True, help="clip the total gradient norm (none: off)")
     recipe: str | None = param(None, help="optimizer recipe (none: the variant's own, adamw for most)")
     every: int = param(10, low=1, high=1_000_000, help="run the probes every this many steps")
+    probe_budget: float | None = param(0.05, low=0, low_open=True, high=1,
+                                       help="share of the training time the probes may take: a probe that costs more "
+                                            "skips steps of the cadence (none: every probe every `every` steps)")
     eval_every: int | None = param(None, low=1, high=10_000_000,
                                    help="evaluate on validation data every this many steps (none: 10 times a run)")
     divergence_factor: float = param(1e4, low=1, low_open=True,

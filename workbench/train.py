@@ -26,6 +26,7 @@ from .budget import saved_numbers
 from .events import End, Eval, Progress, Start, StepContext, TrainControl, TrainEvent
 from .memory import PeakTracker, storage_bytes
 from .probes import ProbeContext, get_probes
+from .probes.schedule import ProbeSchedule
 from .recipes import get_recipe, validate_options
 from .runs import Run, RunStore, new_run_id
 from .settings import TrainSettings, resolve, split_overrides
@@ -122,6 +123,7 @@ class Trainer:
         reference = task.reference_delta() if hasattr(task, "reference_delta") else None
         self.reference = None if reference is None else {k: v.to(dev) for k, v in reference.items()}
         self.probe_states: dict[str, dict] = {p.name: {} for p in probe_list}
+        self.schedule = ProbeSchedule(probe_list, s.probe_budget, sync=self._sync)  # which probes run, by cost
         self.trainable = [p for p in ad.parameters() if p.requires_grad]
         self.last_good = _LastGood(self.trainable)
         self.pending: list[tuple[int, torch.Tensor]] = []   # (step, loss) not yet synced from the device
@@ -157,9 +159,12 @@ class Trainer:
 
     def probe(self, phase: str, step: int, batch) -> None:
         for probe in self.probe_list:
+            if not self.schedule.due(probe):
+                continue
             pctx = ProbeContext(adaptation=self.ad, task=self.task, step=step, batch=batch, reference=self.reference,
                                 state=self.probe_states[probe.name], loop=self.ctx)
-            out = getattr(probe, phase)(pctx)
+            with self.schedule.timed(probe):
+                out = getattr(probe, phase)(pctx)
             if out is not None:
                 out.record(self.run, step, probe.name)
 
@@ -184,6 +189,9 @@ class Trainer:
                 if self.control.should_stop:
                     raise TrainingStopped
                 probe_step = step % self.s.every == 0 or step == self.s.steps - 1
+                if probe_step:
+                    self.schedule.plan(step, self.train_seconds + getattr(self, "first_step_seconds", 0.0),
+                                       self.s.steps)
                 eval_step = (step + 1) % self.eval_interval == 0 and step != self.s.steps - 1
                 self.step(step, probe_step)
                 if (probe_step or eval_step) and not self.check(step, probe_step, eval_step):
@@ -365,7 +373,7 @@ class Trainer:
             "seconds_per_step": self._seconds_per_step(), "peak_memory_mb": _peak_memory_mb(self.peak_bytes),
             "init_loss": init_eval.get("loss"), "final_loss": final.get("loss"), "metric": metric,
             "metric_value": final.get(metric), "init_metric_value": init_eval.get(metric),
-            "higher_is_better": getattr(self.task, "higher_is_better", False)})
+            "higher_is_better": getattr(self.task, "higher_is_better", False), **self.schedule.summary()})
         if self.store is not None:
             self.store.save(run)
         self.emit(End)

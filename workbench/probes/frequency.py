@@ -124,9 +124,13 @@ def factored_maps(b: torch.Tensor, a: torch.Tensor, sides: str = "both") -> dict
     b, a = b.detach().float(), a.detach().float()
     at = a.t()
     dct = (dct_ii(b, 0) @ dct_ii(at, 0).t()).abs()
-    fb = torch.fft.fft(b.to(torch.complex64), dim=0, norm="ortho")
-    fa = torch.fft.fft(at.to(torch.complex64), dim=0, norm="ortho")
-    fft = torch.fft.fftshift((fb @ fa.t()).abs())
+    # the FFT map without a complex (m, n) product: fftshift moves rows of B's and Aᵀ's transforms (a roll of the
+    # factors shifts the product), and |F| = hypot(Re, Im) with Re = [Br Bi][Ar −Ai]ᵀ, Im = [Br Bi][Ai Ar]ᵀ, two
+    # real products with 2r inner terms (3x faster than complex64 matmul + abs + shift at 8192x2048)
+    fb = torch.fft.fftshift(torch.fft.fft(b.to(torch.complex64), dim=0, norm="ortho"), dim=0)
+    fa = torch.fft.fftshift(torch.fft.fft(at.to(torch.complex64), dim=0, norm="ortho"), dim=0)
+    left = torch.cat([fb.real, fb.imag], 1)
+    fft = torch.hypot(left @ torch.cat([fa.real, -fa.imag], 1).t(), left @ torch.cat([fa.imag, fa.real], 1).t())
     m, n = (1 << max(0, math.ceil(math.log2(s))) for s in (b.shape[0], at.shape[0]))
     ha = fwht(F.pad(at, (0, 0, 0, n - at.shape[0])), 0)
     hb = b if sides == "input" else fwht(F.pad(b, (0, 0, 0, m - b.shape[0])), 0)
@@ -144,12 +148,26 @@ def top_energy_fraction(coeffs: torch.Tensor, fraction: float = 0.01) -> float:
     e = coeffs.flatten().float() ** 2
     k = max(1, int(len(e) * fraction))
     if k >= len(e):
-        top = e.double().sum()
+        top = e.sum(dtype=torch.float64)
     else:  # a selection, not a sort: the k-th largest t, then every entry above t and t for the ties
-        t = torch.kthvalue(e, len(e) - k + 1).values
+        pool = _top_candidates(e, k)
+        t = torch.kthvalue(pool, len(pool) - k + 1).values
         above = e > t
-        top = e[above].double().sum() + (k - int(above.sum())) * t.double()
-    return float(top / e.double().sum().clamp_min(1e-30))
+        top = e[above].sum(dtype=torch.float64) + (k - int(above.sum())) * t.double()
+    return float(top / e.sum(dtype=torch.float64).clamp_min(1e-30))
+
+
+def _top_candidates(e: torch.Tensor, k: int, sample: int = 65_536) -> torch.Tensor:
+    """A subset of ``e`` that surely holds its k largest entries, small enough for a fast ``kthvalue``: entries at
+    or above a threshold read from an evenly strided sample at twice the wanted fraction, or all of ``e`` when that
+    threshold keeps fewer than k (exact either way; kthvalue over 16M entries costs 0.7 s, over the subset ~0.05 s)."""
+    if len(e) <= 4 * sample:
+        return e
+    probe = e[:: len(e) // sample]
+    q = min(1.0, 2.0 * k / len(e))
+    t = torch.quantile(probe, 1.0 - q) if q < 1.0 else probe.min()
+    pool = e[e >= t]
+    return pool if len(pool) >= k else e
 
 
 class FrequencyProbe(Probe):

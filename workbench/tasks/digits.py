@@ -220,6 +220,17 @@ class DigitsOptions(Options):
         return "option"
 
 
+def image_batches(x: torch.Tensor, y: torch.Tensor, *, train: bool, batch_size: int, seed: int) -> Iterator[Batch]:
+    """Batches of ``{"images", "labels"}``: training batches endlessly in a seeded order (``index_stream``),
+    evaluation batches once, in order."""
+    if train:
+        for idx in index_stream(len(x), batch_size, seed):
+            yield {"images": x[idx], "labels": y[idx]}
+    else:
+        for i in range(0, len(x), batch_size):
+            yield {"images": x[i:i + batch_size], "labels": y[i:i + batch_size]}
+
+
 class DigitsTask(Task):
     """A tiny ViT pretrained on upright digits, adapted to a shifted domain (see the module docstring)."""
 
@@ -264,13 +275,7 @@ class DigitsTask(Task):
 
     def batches(self, split: str = "train", batch_size: int = 32, seed: int = 0) -> Iterator[Batch]:
         check_option(self.name, "split", split, choices=("train", "val", "test"))
-        x, y = self._data[split]
-        if split == "train":
-            for idx in index_stream(len(x), batch_size, seed):
-                yield {"images": x[idx], "labels": y[idx]}
-        else:
-            for i in range(0, len(x), batch_size):
-                yield {"images": x[i:i + batch_size], "labels": y[i:i + batch_size]}
+        yield from image_batches(*self._data[split], train=split == "train", batch_size=batch_size, seed=seed)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return nn.functional.cross_entropy(model(batch["images"]), batch["labels"])
