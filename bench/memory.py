@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_time import PEFT_CONFIGS, TARGETS, load_minilm, make_inputs  # noqa: E402
 
 import workbench as wb  # noqa: E402
+from workbench import devices  # noqa: E402
 from workbench.memory import PeakTracker, storage_bytes  # noqa: E402
 from workbench.recipes import get_recipe  # noqa: E402
 
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = devices.resolve(args.device)
     names = args.variants or [v.name for v in wb.variant_infos()]
     base = load_minilm().to(device)
     emb = make_inputs(base.cpu()).to(device)

@@ -1,4 +1,7 @@
-"""Optimizer-step time of each variant on all-MiniLM-L6-v2 (CPU), as ratios measured in one run.
+"""Optimizer-step time of each variant on all-MiniLM-L6-v2, as ratios measured in one run, on the CPU by default or
+on any device (``--device auto|cpu|cuda|cuda:1|mps``, resolved by ``workbench.devices.resolve``) in any precision
+(``--dtype bfloat16|float16``: the forward and the loss under ``torch.autocast``, weights float32, as ``train()``
+runs them). On CUDA every timed step ends with ``torch.cuda.synchronize()``, so the timer reads work done, not queued.
 
 For a batch of 16 x 64 tokens, with the query/key/value/dense linears of every layer adapted:
 
@@ -12,6 +15,7 @@ Timings interleave the candidates round-robin and report medians, so machine noi
     python bench/step_time.py                      # every registered variant
     python bench/step_time.py lora dora --csv out.csv
     python bench/step_time.py lora --recipes      # + each recipe with LoRA, as a ratio to LoRA with AdamW
+    python bench/step_time.py lora dora --device cuda --dtype bfloat16
 
 Recipe rows (``lora+<recipe>``) run the recipe's own step (``Recipe.step(closure)``: perturbations, projections,
 LoRA-Pro's full-size moments) and are reported as ``ratio_to_adamw``: the step time over LoRA with AdamW's, measured
@@ -21,6 +25,7 @@ in the same round-robin. Targets (issue 18): ALLoRA, AltLoRA and MGPO <= 1.15x; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -29,6 +34,7 @@ from pathlib import Path
 import torch
 
 import workbench as wb
+from workbench import devices
 from workbench.events import StepContext
 from workbench.recipes import get_recipe, recipe_names
 
@@ -63,17 +69,35 @@ def load_minilm() -> torch.nn.Module:
     return model
 
 
-def make_inputs(model, seed: int = 0) -> torch.Tensor:
+def make_inputs(model, seed: int = 0, batch: int = BATCH, tokens: int = TOKENS) -> torch.Tensor:
+    """The same token ids on every device (drawn on the CPU), embedded where the model lives."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, model.config.vocab_size, (BATCH, TOKENS), generator=g)
+    ids = torch.randint(1000, model.config.vocab_size, (batch, tokens), generator=g)
     with torch.no_grad():
-        return model.embeddings(input_ids=ids)
+        return model.embeddings(input_ids=ids.to(next(model.parameters()).device))
+
+
+def autocast_for(device: torch.device, dtype: str):
+    """What ``train()`` wraps the forward and the loss in: ``torch.autocast`` for bfloat16/float16 (float16 on the
+    CPU is refused, as in training), nothing for float32."""
+    devices.check_dtype(device, dtype)
+    if dtype == "float32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=devices.DTYPES[dtype])
+
+
+AMP = contextlib.nullcontext  # set by main() from --device/--dtype
+
+
+def _loss(model, **inputs) -> torch.Tensor:
+    with AMP():
+        return model(**inputs).last_hidden_state.float().square().mean()
 
 
 def floor_step(model, emb):
     def step():
         x = emb.detach().requires_grad_(True)
-        model(inputs_embeds=x).last_hidden_state.square().mean().backward()
+        _loss(model, inputs_embeds=x).backward()
     return step
 
 
@@ -83,7 +107,7 @@ def adapter_step(model, emb, params=None, on_step=None, opt=None):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        model(inputs_embeds=emb).last_hidden_state.square().mean().backward()
+        _loss(model, inputs_embeds=emb).backward()
         opt.step()
         if on_step is not None:
             on_step(count[0], opt)
@@ -112,7 +136,7 @@ def with_recipe(base, emb, recipe: str, variant: str = "lora"):
 
     def closure():
         rec.optimizer.zero_grad(set_to_none=True)
-        loss = model(inputs_embeds=emb).last_hidden_state.square().mean()
+        loss = _loss(model, inputs_embeds=emb)
         loss.backward()
         return loss
 
@@ -127,15 +151,18 @@ def theirs(base, emb, name):
     return adapter_step(model, emb, [p for p in model.parameters() if p.requires_grad])
 
 
-def measure(steps: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+def measure(steps: dict, repeats: int, warmup: int = 2, sync=lambda: None) -> dict[str, float]:
+    """Median seconds per step of each candidate; ``sync`` (CUDA: synchronize) ends every timed step."""
     times = {k: [] for k in steps}
     for _ in range(warmup):
         for fn in steps.values():
             fn()
+    sync()
     for _ in range(repeats):
         for k, fn in steps.items():  # round-robin: drift and noise hit every row alike
             t0 = time.perf_counter()
             fn()
+            sync()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -144,16 +171,26 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="*", help="default: every registered variant")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds before the timed ones")
+    ap.add_argument("--batch", type=int, default=BATCH, help="sequences per step")
+    ap.add_argument("--tokens", type=int, default=TOKENS, help="tokens per sequence")
     ap.add_argument("--csv", type=Path, help="also write the table as CSV")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--device", default="cpu", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    ap.add_argument("--dtype", default="float32", choices=sorted(devices.DTYPES),
+                    help="autocast precision of the forward and the loss (float16: not on the CPU)")
     ap.add_argument("--recipes", nargs="*", default=None,
                     help="add lora+<recipe> rows (no names: every registered recipe but adamw)")
     args = ap.parse_args(argv)
+    global AMP
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = devices.resolve(args.device)
+    AMP = autocast_for(device, args.dtype)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     names = args.variants or wb.variant_names()
-    base = load_minilm()
-    emb = make_inputs(base)
+    base = load_minilm().to(device)
+    emb = make_inputs(base, batch=args.batch, tokens=args.tokens)
     steps = {"floor": floor_step(base, emb)}
     skipped = {}
     for name in names:
@@ -173,7 +210,7 @@ def main(argv=None) -> None:
             steps[f"lora+{recipe}"] = with_recipe(base, emb, recipe)
         except Exception as exc:  # noqa: BLE001
             skipped[f"lora+{recipe}"] = f"{type(exc).__name__}: {exc}"
-    t = measure(steps, args.repeats)
+    t = measure(steps, args.repeats, warmup=args.warmup, sync=sync)
     rows = []
     for name in names:
         if name not in t:
@@ -191,7 +228,8 @@ def main(argv=None) -> None:
             rows.append({"variant": key, "seconds": t[key], "ratio_to_floor": t[key] / t["floor"],
                          "ratio_to_adamw": t[key] / adamw if adamw else None})
     df = pd.DataFrame(rows)
-    print(f"all-MiniLM-L6-v2, batch {BATCH}x{TOKENS}, {args.threads} threads, median of {args.repeats}; "
+    where = f"{args.threads} threads" if device.type == "cpu" else str(device)
+    print(f"all-MiniLM-L6-v2, batch {args.batch}x{args.tokens}, {where}, {args.dtype}, median of {args.repeats}; "
           f"floor (frozen forward + input-backward) = {1000 * t['floor']:.1f} ms")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for k, why in skipped.items():

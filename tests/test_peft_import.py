@@ -258,13 +258,43 @@ def test_head_names_a_task_type_adds_are_skipped_when_the_model_has_none(tmp_pat
         from_peft(Net(), path)
 
 
-def test_the_import_saves_and_reloads_as_a_workbench_adaptation(tmp_path):
-    _, path = _saved(Net, "dora", tmp_path / "peft", X)
+@pytest.mark.parametrize("name", ["dora", "patterns-regex", "dora-rslora-patterns", "fourierft", "adalora"])
+def test_the_import_saves_and_reloads_as_a_workbench_adaptation(name, tmp_path):
+    """Per-layer configs (rank_pattern, alpha_pattern, n_frequency_pattern) and AdaLoRA's pruned ranks survive
+    save -> load_adaptation: same outputs (1e-6), same per-layer ranks and scales, the same layer_configs."""
+    before, path = _saved(Net, name, tmp_path / "peft", X)
     ad = from_peft(Net(), path)
     ad.save(tmp_path / "wb")
+    meta = json.loads((tmp_path / "wb" / "adaptation.json").read_text())
     again = wb.load_adaptation(Net(), tmp_path / "wb")
     with torch.no_grad():
         torch.testing.assert_close(again.model(X), ad.model(X), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(again.model(X), before, atol=1e-5, rtol=1e-5)  # still PEFT's outputs
+        for module, layer in ad.named_layers():
+            torch.testing.assert_close(again.layer(module).update(), layer.update(), atol=1e-6, rtol=1e-6)
+    assert again.layer_configs() == ad.layer_configs() == meta.get("layer_configs", {})
+    if name == "patterns-regex":  # out: r=2 (rank_pattern), q: alpha=16 (alpha_pattern)
+        assert meta["layer_configs"] == {"q": {"alpha": 16.0}, "out": {"r": 2}}
+        assert again.layer("out").lora_A.shape[0] == 2 and again.layer("q").scaling == 16 / 4
+    if name == "dora-rslora-patterns":
+        assert again.layer("v").lora_A.shape[0] == 6 and "v" in meta["layer_configs"]
+    if name == "fourierft":
+        assert meta["layer_configs"] == {"out": {"n_frequency": 25}}
+    if name == "dora":
+        assert "layer_configs" not in meta  # one config for every layer: nothing extra is written
+
+
+def test_layer_configs_that_name_no_layer_or_leave_the_range_are_refused(tmp_path):
+    _, path = _saved(Net, "patterns-regex", tmp_path / "peft", X)
+    from_peft(Net(), path).save(tmp_path / "wb")
+    meta_file = tmp_path / "wb" / "adaptation.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "layer_configs": {"nope": {"r": 2}}}))
+    with pytest.raises(wb.ConfigError, match="layer_configs: 'nope' is not an adapted layer"):
+        wb.load_adaptation(Net(), tmp_path / "wb")
+    meta_file.write_text(json.dumps({**meta, "layer_configs": {"out": {"r": 0}}}))
+    with pytest.raises(wb.ConfigError, match="r=0 is invalid"):
+        wb.load_adaptation(Net(), tmp_path / "wb")
 
 
 # ------------------------------------------------------------------------------------------------- refusals

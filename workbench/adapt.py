@@ -4,6 +4,11 @@ The returned :class:`Adaptation` is the handle everything else works through: th
 the run store and the exporters. It can merge, unmerge, disable, remove (restoring the original module objects)
 and save itself as ``adapter.safetensors`` + ``adaptation.json``.
 
+A layer may carry its own config (a PEFT import's ``rank_pattern``/``alpha_pattern`` gives one layer another rank or
+α): :meth:`Adaptation.rebuild_layer` builds it, :meth:`Adaptation.layer_configs` lists the fields that differ from the
+adaptation's config, ``adaptation.json`` stores them as ``layer_configs`` and :func:`load_adaptation` rebuilds those
+layers before it loads the tensors, so a save and a load give the same outputs.
+
 ``modules_to_save`` (PEFT's name) lists modules that are not wrapped but trained in full beside the adapters, such
 as a classifier head: they are unfrozen in place, counted by ``num_trainable()``, saved under the
 ``modules_to_save.`` prefix and restored by :func:`load_adaptation`.
@@ -12,6 +17,7 @@ as a classifier head: they are unfrozen in place, counted by ``num_trainable()``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import fnmatch
 import json
@@ -231,11 +237,47 @@ class Adaptation(nn.Module):
                 state[f"{SAVED_PREFIX}{n}.{k}"] = v
         return state
 
+    def layer_configs(self) -> dict[str, dict[str, Any]]:
+        """Per layer, the config fields whose value differs from the adaptation's (layers with their own config,
+        e.g. from a PEFT ``rank_pattern``); layers that share the adaptation's config are left out."""
+        common = self.config.to_dict()
+        out = {}
+        for name, layer in self.named_layers():
+            own = getattr(layer, "config", self.config)
+            if own is self.config:
+                continue
+            diff = {k: v for k, v in own.to_dict().items() if common.get(k) != v}
+            if diff:
+                out[name] = diff
+        return out
+
+    def rebuild_layer(self, name: str, changes: dict[str, Any]) -> VariantLayer:
+        """Replace layer ``name`` by a fresh layer of the same variant built with the adaptation's config changed by
+        ``changes`` (validated against the layer's shape), drawing its init from the stream ``adapt()`` gave it."""
+        if name not in self._names:
+            raise ConfigError(f"layer_configs: {name!r} is not an adapted layer; adapted: {', '.join(self._names)}")
+        old = self.layer(name)
+        cfg = dataclasses.replace(self.config, **changes)
+        cfg.validate({name: (old.out_features, old.in_features)})
+        base = self._originals.get(name, old.base)  # the untouched module (PiSSA's layer holds a residual copy)
+        with torch.random.fork_rng(devices=[]), rng.seeded(_layer_seed(self.seed, self._names.index(name))):
+            torch.manual_seed(_layer_seed(self.seed, self._names.index(name)))
+            new = type(old)(base, cfg, shared=self.shared, name=name)
+        new.to(_device_of(old.base)).train(old.training)
+        _set_module(self.model, name, new)
+        self.layers[name.replace(".", "/")] = new
+        return new
+
     def describe(self) -> dict[str, Any]:
-        """What ``adaptation.json`` holds: enough to rebuild this adaptation on a fresh model."""
-        return {"format": FORMAT_VERSION, "variant": self.variant.name, "config": self.config.to_dict(),
-                "targets": list(self.targets), "modules": self.module_names, "seed": self.seed,
-                "modules_to_save": self.modules_to_save}
+        """What ``adaptation.json`` holds: enough to rebuild this adaptation on a fresh model (with the layers
+        that have their own config, :meth:`layer_configs`)."""
+        out = {"format": FORMAT_VERSION, "variant": self.variant.name, "config": self.config.to_dict(),
+               "targets": list(self.targets), "modules": self.module_names, "seed": self.seed,
+               "modules_to_save": self.modules_to_save}
+        layer_configs = self.layer_configs()
+        if layer_configs:
+            out["layer_configs"] = layer_configs
+        return out
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``adapter.safetensors`` and ``adaptation.json`` into ``path`` (atomically, file by file)."""
@@ -339,6 +381,8 @@ def load_adaptation(model: nn.Module, path: str | os.PathLike) -> Adaptation:
                modules_to_save=meta.get("modules_to_save", []), **meta["config"])
     if ad.module_names != meta["modules"]:
         raise ConfigError(f"the model's target layers {ad.module_names} differ from the saved ones {meta['modules']}")
+    for name, changes in (meta.get("layer_configs") or {}).items():
+        ad.rebuild_layer(name, changes)  # a layer with its own rank or α (a PEFT rank_pattern) before its tensors
     state = load_file(str(tensor_file), device=str(next(ad.model.parameters()).device))
     by_layer: dict[str, dict[str, torch.Tensor]] = {n: {} for n in ad.module_names}
     shared_state = {}

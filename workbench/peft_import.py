@@ -24,13 +24,13 @@ the saved tensors), ``exclude_modules``, ``rank_pattern``/``alpha_pattern`` (LoR
 ``n_frequency_pattern``), ``modules_to_save`` and ``fan_in_fan_out`` are followed as PEFT does. ``fan_in_fan_out``
 only changes a GPT-2 ``Conv1D`` (PEFT turns it off for ``nn.Linear``), and ``Conv1D`` cannot be adapted here, so on an
 importable model it changes nothing. A layer whose rank or α differs from the config's (a pattern) gets its own copy
-of the config. Any other option that is not at its inert default (``lora_bias``, ``bias``, ``layers_to_transform``,
-dropout on a variant without one, ...) is a :class:`ConfigError` naming it.
+of the config (``Adaptation.layer_configs``, which ``save``/``load_adaptation`` carry). Any other option that is not
+at its inert default (``lora_bias``, ``bias``, ``layers_to_transform``, dropout on a variant without one, ...) is a
+:class:`ConfigError` naming it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -43,8 +43,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from . import rng
-from .adapt import Adaptation, _set_module, adapt
+from .adapt import Adaptation, adapt
 from .errors import ConfigError
 
 __all__ = ["from_peft", "SUPPORTED_TYPES"]
@@ -375,19 +374,6 @@ def read_peft_folder(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return cfg, load_file(str(tensor_file))
 
 
-def _rebuild_layer(ad: Adaptation, name: str, changes: dict[str, Any]) -> None:
-    """Give the layer ``name`` its own config (a rank or α from a pattern) and a fresh layer built with it."""
-    old = ad.layer(name)
-    cfg = dataclasses.replace(ad.config, **changes)
-    cfg.validate({name: (old.out_features, old.in_features)})
-    base = ad._originals.get(name, old.base)  # the untouched module (PiSSA's layer holds a residual copy)
-    with torch.random.fork_rng(devices=[]), rng.seeded(ad.seed):  # init draws (overwritten) from the run's stream
-        new = type(old)(base, cfg, shared=ad.shared, name=name)
-    new.to(old.base.weight.device).train(old.training)
-    _set_module(ad.model, name, new)
-    ad.layers[name.replace(".", "/")] = new
-
-
 def from_peft(model: nn.Module, path: str | Path, *, seed: int = 0) -> Adaptation:
     """Adapt ``model`` in place with the PEFT adapter saved in ``path`` and return the :class:`Adaptation`.
 
@@ -416,8 +402,8 @@ def from_peft(model: nn.Module, path: str | Path, *, seed: int = 0) -> Adaptatio
     per, shared = _split(state, ad.module_names + ad.modules_to_save)
     for name in ad.module_names:
         changes = plan.overrides(name, per[name])
-        if changes:
-            _rebuild_layer(ad, name, changes)
+        if changes:  # its own config, kept by save() as layer_configs
+            ad.rebuild_layer(name, changes)
     plan.load(ad, per, shared)
     for name, module in ad.saved_modules():
         try:

@@ -50,7 +50,10 @@ class TrainSettings(Options):
                                    help="evaluate on validation data every this many steps (none: 10 times a run)")
     divergence_factor: float = param(1e4, low=1, low_open=True,
                                      help="a loss above this many times the first loss counts as divergence")
-    device: str = param("auto", help="auto (CUDA when present), cpu, cuda, cuda:1, mps ...")
+    device: str = param("auto", help="auto (CUDA, then Apple MPS, then the CPU), cpu, cuda, cuda:1, mps")
+    dtype: str = param("float32", choices=("float32", "bfloat16", "float16"),
+                       help="precision of the forward and the loss (autocast; adapter weights stay float32): "
+                            "bfloat16 on any device, float16 on CUDA/MPS only (with loss scaling)")
 
     @classmethod
     def _kind(cls) -> str:
@@ -63,6 +66,9 @@ class TrainSettings(Options):
         return super().validate(shapes)
 
     def check(self, shapes) -> None:
+        from .devices import check_name
+
+        check_name(self.device)  # the form only; whether this machine has the device is train()'s question
         if self.recipe is not None:
             from .recipes import get_recipe
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from . import rng
+from . import devices, rng
 from . import tasks as task_registry
 from .adapt import Adaptation, adapt
 from .budget import saved_numbers
+from .devices import Precision
 from .events import End, Eval, Progress, Start, StepContext, TrainControl, TrainEvent
 from .memory import PeakTracker, storage_bytes
 from .probes import ProbeContext, get_probes
@@ -78,7 +79,8 @@ def train(task, variant, *, settings: TrainSettings | dict | None = None, config
     probe_list = get_probes(probes)
     if isinstance(store, (str, bytes)) or hasattr(store, "__fspath__"):
         store = RunStore(store)
-    dev = _device(s.device)
+    dev = devices.resolve(s.device)           # auto: CUDA, then MPS, then the CPU
+    precision = Precision(dev, s.dtype)        # float16 on the CPU is refused here, before anything is built
     control = control or TrainControl()
 
     # the run draws from its own seeded streams (workbench.rng: dropout masks, gates, grown ranks), private to this
@@ -95,14 +97,15 @@ def train(task, variant, *, settings: TrainSettings | dict | None = None, config
             "variant": vcls.name, "config": ad.config.to_dict(), "targets": ad.targets, "steps": s.steps,
             "lr": s.lr, "batch_size": s.batch_size, "seed": s.seed, "recipe": recipe_name,
             "recipe_options": recipe_config.to_dict(), "every": s.every,
-            "weight_decay": s.weight_decay, "device": str(dev), "probes": [p.name for p in probe_list],
+            "weight_decay": s.weight_decay, "device": str(dev), "dtype": s.dtype,
+            "probes": [p.name for p in probe_list],
             "settings": s.to_dict(), "sources": resolved.sources,
             "preset": {"task": resolved.preset.task, "reason": resolved.preset.reason} if resolved.preset else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, adaptation=ad)
         if store is not None:
             store.begin(run)
         Trainer(run, task, ad, s, recipe_cls, probe_list, store, callback, control, dev, progress,
-                recipe_options=recipe_config.to_dict()).fit()
+                recipe_options=recipe_config.to_dict(), precision=precision).fit()
     return run
 
 
@@ -111,15 +114,19 @@ class Trainer:
     detect divergence, run the probes, evaluate, flush), :meth:`finish` (final evaluation and summary)."""
 
     def __init__(self, run: Run, task, ad: Adaptation, s: TrainSettings, recipe_cls, probe_list, store, callback,
-                 control: TrainControl, dev: torch.device, progress: bool | None, recipe_options: dict | None = None):
+                 control: TrainControl, dev: torch.device, progress: bool | None, recipe_options: dict | None = None,
+                 precision: Precision | None = None):
         self.run, self.task, self.ad, self.s, self.dev = run, task, ad, s, dev
+        self.precision = precision or Precision(dev, s.dtype)
         self.variant, self.probe_list, self.store, self.control = ad.variant, probe_list, store, control
         self.callback = callback or (lambda event: None)
-        self.batches = (_to(b, dev) for b in task.batches("train", batch_size=s.batch_size, seed=s.seed))
+        pin = dev.type == "cuda"  # page-locked host batches copy to the GPU asynchronously
+        self.batches = (_to(b, dev, pin) for b in task.batches("train", batch_size=s.batch_size, seed=s.seed))
         self.ctx = StepContext(adaptation=ad, step=0, total_steps=s.steps, lr=s.lr, task=task, settings=s)
         self.variant.prepare(self.ctx, self.batches)
         self.recipe = recipe_cls(ad, s.lr, s.weight_decay, ctx=self.ctx, **(recipe_options or {}))
         self.ctx.optimizer = self.recipe.optimizer
+        self.precision.attach(self.recipe.optimizer)  # float16: the recipe's optimizer.step() goes through the scaler
         reference = task.reference_delta() if hasattr(task, "reference_delta") else None
         self.reference = None if reference is None else {k: v.to(dev) for k, v in reference.items()}
         self.probe_states: dict[str, dict] = {p.name: {} for p in probe_list}
@@ -225,9 +232,12 @@ class Trainer:
         def closure() -> torch.Tensor:
             nonlocal probe_pending, probe_seconds
             self.recipe.optimizer.zero_grad(set_to_none=True)
-            loss = self.task.loss(self.ad.model, batch)
-            reg = self.variant.regularizer(self.ctx)
-            (loss if reg is None else loss + reg).backward()
+            with self.precision.autocast():  # the forward and the loss in the run's dtype; weights stay float32
+                loss = self.task.loss(self.ad.model, batch)
+                reg = self.variant.regularizer(self.ctx)
+            self.precision.backward(loss if reg is None else loss + reg)
+            self.precision.unscale()  # float16: true gradients from here on (probes, clipping)
+            loss = loss.float()
             first = probe_pending
             if first:  # before clipping: a gradient probe records the gradient the loss produced
                 probe_pending = False
@@ -242,6 +252,7 @@ class Trainer:
 
         with self._memory(step):
             loss = self.recipe.step(closure)
+            self.precision.end_step()
             self.variant.on_step(self.ctx)
         self.pending.append((step, loss.detach()))
         self._sync()
@@ -373,19 +384,14 @@ class Trainer:
             "seconds_per_step": self._seconds_per_step(), "peak_memory_mb": _peak_memory_mb(self.peak_bytes),
             "init_loss": init_eval.get("loss"), "final_loss": final.get("loss"), "metric": metric,
             "metric_value": final.get(metric), "init_metric_value": init_eval.get(metric),
-            "higher_is_better": getattr(self.task, "higher_is_better", False), **self.schedule.summary()})
+            "higher_is_better": getattr(self.task, "higher_is_better", False), **self.schedule.summary(),
+            "device": str(self.dev), **self.precision.summary()})
         if self.store is not None:
             self.store.save(run)
         self.emit(End)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _progress_bar(total: int, enabled: bool | None, desc: str):
@@ -396,12 +402,18 @@ def _progress_bar(total: int, enabled: bool | None, desc: str):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
-def _to(batch: Any, device: torch.device) -> Any:
+def _to(batch: Any, device: torch.device, pin: bool = False) -> Any:
+    """``batch`` on ``device``; with ``pin`` a CPU tensor is page-locked first, so the copy to the GPU is
+    asynchronous (``non_blocking`` only overlaps from pinned memory)."""
     if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
+        return {k: _to(v, device, pin) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
+        return type(batch)(_to(v, device, pin) for v in batch)
+    if not isinstance(batch, torch.Tensor):
+        return batch
+    if pin and batch.device.type == "cpu" and not batch.is_pinned():
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
 
 
 def _peak_memory_mb(peak_bytes: int) -> float:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .. import rng
+from .. import devices, rng
 from .. import tasks as task_registry
 from ..adapt import Adaptation, load_adaptation
 from ..budget import saved_numbers
@@ -210,7 +210,7 @@ def fit_generator(collection: Collection, config: GeneratorConfig | dict | None 
             "variant": collection.variant, "config": collection.config, "targets": collection.targets,
             "seed": collection.seed, "checkpoints": len(cks), "stored_numbers": collection.stored_numbers(),
             "collection": collection.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    dev = torch.device(device)
+    dev = devices.resolve(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), rng.seeded(cfg.seed):
         torch.manual_seed(cfg.seed)  # nn.Module's default init draws from the global generator: forked, seeded
         cvae = CVAE(x.shape[1], 1, blocks=cfg.blocks, channels=cfg.channels, kernel=cfg.kernel,
