@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .variant import VariantLayer, get_variant
 
 __all__ = ["loss_curves", "spectra", "spectra_over_time", "effective_rank_over_time", "frequency_map",
-           "allocation_heatmap", "gradient_norms", "landscape", "subspace_similarity", "comparison_table",
+           "allocation_heatmap", "bit_allocation", "gradient_norms", "landscape", "subspace_similarity", "comparison_table",
            "comparison_bars", "small_multiples", "delta_heatmap", "metric_over_time", "parameters_vs_quality",
            "variant_views", "location_trajectories", "CAPTIONS", "caption", "frequency_basis", "sharpness_text",
            "validation_metric", "metric_name", "map_coordinates", "mark_step", "setup_notebook", "short_name",
@@ -93,6 +93,9 @@ CAPTIONS: dict[str, str] = {
                           "exactly zero); the true ranks beside it where the task knows them. A row that fades is a "
                           "layer giving up ranks whose gates reached zero; rows that differ show where the budget "
                           "went. A variant that does not allocate shows one line: its fixed rank.",
+    "bit_allocation": "Bayesian-LoRA's quantization gates: each module's active rank beside the bits it learned for "
+                      "A and B (the top level before the first closed gate), and the adapter's bit operations per "
+                      "token. A matrix that keeps few bits is one the prior could quantize without costing loss.",
     "variant_views": "The variant's own per-module views (gates, masks, per-rank learning-rate scales, spectral "
                      "coefficients: the largest by magnitude), one bar panel each. Bars at zero are pruned ranks or "
                      "unused coefficients.",
@@ -958,6 +961,31 @@ def allocation_summary(run, key: str = "rank") -> str | None:
     return f"{head} " + ", ".join(f"{names[m]} {fmt_number(float(v))}" for m, v in last.items())
 
 
+def bit_allocation(run, step: int | None = None) -> go.Figure:
+    """Bayesian-LoRA with ``quantize=True``: per module, the active rank beside the learned bits of A and B at
+    ``step`` (default: the last probe step), the adapter's bit operations against every rank at 32 bits in the
+    title (the paper's metric)."""
+    tables = {k: _rank_table(run, k) for k in ("rank", "bits_A", "bits_B")}
+    if tables["bits_A"] is None:
+        return _empty("Bits and ranks", f"{run.variant} learns no quantization levels (Bayesian-LoRA with "
+                                        "quantize=True does)")
+    col = (lambda t: t.ffill(axis=1).iloc[:, -1]) if step is None else (lambda t: t.ffill(axis=1)[step])
+    last = pd.DataFrame({k: col(t) for k, t in tables.items() if t is not None})
+    names = short_names(last.index)
+    shade = last / last.max().clip(lower=1e-12)  # each column on its own scale: ranks and bits differ in size
+    fig = go.Figure(go.Heatmap(z=shade.to_numpy(), x=["rank", "bits A", "bits B"][:len(last.columns)],
+                               y=[names[m] for m in last.index], text=last.to_numpy(), texttemplate="%{text:.0f}",
+                               colorscale="Blues", showscale=False, ygap=1, xgap=2))
+    bops = _rank_table(run, "bops")
+    title = f"rank and learned bits per module · {run.variant}"
+    if bops is not None:
+        total = float(bops.ffill(axis=1).iloc[:, -1].sum())
+        title += f" · {fmt_number(total)} bit operations per token"
+    fig.update_layout(title=title, yaxis=dict(autorange="reversed"),
+                      **{**LAYOUT, "height": max(300, 28 * len(last) + 140)})
+    return fig
+
+
 def _note(title: str, text: str, height: int = 130) -> go.Figure:
     """A figure that is one line of text (a view with nothing to plot but something to say)."""
     fig = go.Figure()
@@ -1022,7 +1050,7 @@ def variant_views(run, module: str | None = None, step: int | None = None, top: 
     spectral coefficients (one bar panel each). A view longer than ``top`` shows its ``top`` largest |values|,
     sorted, each labelled by its index (or its (row, col) location for spectral coefficients)."""
     views = [(p, n) for p, n in (("ranks", "gates"), ("ranks", "mask"), ("ranks", "lr_scale"),
-                                 ("frequency", "coefficients")) if run.snapshot_modules(p, n)]
+                                 ("ranks", "bit_gates"), ("frequency", "coefficients")) if run.snapshot_modules(p, n)]
     if not views:
         return _empty("Variant views", f"{run.variant} reports no gates, masks or coefficients")
     modules = run.snapshot_modules(*views[0])

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from .errors import ConfigError
 
 __all__ = ["nf_levels", "quantize", "NFConfig", "normal_float_levels", "nf_quantize", "double_quantized_scales",
-           "bits_per_parameter", "storage_bits", "NF_GRID"]
+           "bits_per_parameter", "storage_bits", "NF_GRID", "NESTED_BITS", "round_ste",
+           "nested_residuals", "gated_residual_sum", "nested_quantize"]
 
 #: QLoRA's NF4 offset: the outermost quantile, chosen so both ends of the levels land on ±1 (bitsandbytes, LQ-LoRA)
 NF_OFFSET = 0.9677083
@@ -167,3 +168,88 @@ def storage_bits(numel: int, cfg: NFConfig) -> int:
     n0 = -(-numel // cfg.block0)
     n1 = -(-n0 // cfg.block1)
     return numel * cfg.bits + n0 * cfg.bits0 + n1 * SCALE_BITS[cfg.dtype1] + 32
+
+
+# ---------------------------------------------------------------- Bayesian Bits: nested residual quantization
+
+#: Bayesian Bits' bit widths (van Baalen et al., NeurIPS 2020, §2.1; Bayesian-LoRA's quantization levels): each level
+#: doubles the previous one, so that the 2^b − 1 steps of level b split into 2^b + 1 steps of level 2b
+NESTED_BITS = (2, 4, 8, 16, 32)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) in the forward pass, the identity in the backward pass (the straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _check_nested(bits) -> tuple[int, ...]:
+    bits = tuple(int(b) for b in bits)
+    if not bits or any(b < 1 for b in bits) or any(b2 != 2 * b1 for b1, b2 in zip(bits, bits[1:])):
+        raise ConfigError(f"nested quantization: bits={bits!r} is invalid; each level must double the previous one "
+                          "(e.g. (2, 4, 8, 16, 32))")
+    return bits
+
+
+def nested_residuals(w: torch.Tensor, group_size: int, bits=NESTED_BITS,
+                     straight_through: bool = False) -> list[torch.Tensor]:
+    """The terms [x_{b₀}, ε_{b₁}, ε_{b₂}, …] of Bayesian Bits' recursive quantizer (van Baalen et al., 2020, §2.1;
+    the Bayesian-LoRA code's ``recursive_quantization``), on the groups of :func:`quantize` (``group_size`` inputs of
+    a row share a [min, max] range; ``group_size = 0``: one range for the whole tensor).
+
+    x_{b₀} = lo + s_{b₀} round((w − lo)/s_{b₀}) with s_{b₀} = (hi − lo)/(2^{b₀} − 1); each residual is the error of
+    the levels below it quantized on a grid 2^b + 1 times finer, s_{2b} = s_b/(2^b + 1), ε_{2b} = s_{2b} round((w −
+    x_{≤b})/s_{2b}). Since (2^b − 1)(2^b + 1) = 2^{2b} − 1, the sum of the first k terms is the RTN quantization of
+    ``w`` at ``bits[k−1]`` bits on the same range, ``quantize(w, bits[k−1], group_size, "rtn")`` (up to ties).
+    The ranges (scales) carry no gradient; with ``straight_through`` the rounding passes the gradient through, so
+    ∂x_{b₀}/∂w = 1 and the residuals' own gradients in w are zero (as in the official code)."""
+    bits = _check_nested(bits)
+    shape = w.shape
+    if group_size == 0 or w.dim() < 2:
+        x = w.float().reshape(1, 1, -1)
+        pad = 0
+    else:
+        w2 = w.reshape(shape[0], -1)
+        in_f = w2.shape[1]
+        g = min(group_size, in_f)
+        pad = (-in_f) % g
+        x = F.pad(w2.float(), (0, pad)).view(w2.shape[0], -1, g)
+    with torch.no_grad():
+        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+        scale = ((hi - lo) / (2 ** bits[0] - 1)).clamp_min(1e-12)
+    rnd = round_ste if straight_through else torch.round
+    terms, total = [], None
+    for k in range(len(bits)):
+        if k == 0:
+            term = rnd((x - lo) / scale) * scale + lo
+        else:
+            scale = scale / (2 ** bits[k - 1] + 1)
+            term = rnd((x - total) / scale) * scale
+        total = term if total is None else total + term
+        terms.append(term)
+
+    def back(t: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1 or x.shape[1] != 1:  # grouped rows: drop the padding
+            t = t.reshape(x.shape[0], -1)[:, :t.shape[1] * t.shape[2] - pad]
+        return t.reshape(shape).to(w.dtype)
+
+    return [back(t) for t in terms]
+
+
+def gated_residual_sum(terms: list[torch.Tensor], gates) -> torch.Tensor:
+    """x_q = x₂ + z₄(ε₄ + z₈(ε₈ + z₁₆(ε₁₆ + z₃₂ ε₃₂))) (Bayesian Bits Eq. (5); Bayesian-LoRA's quantization gates):
+    ``gates`` holds one gate per residual (len(terms) − 1); a closed gate drops its level and every level above it."""
+    if len(gates) != len(terms) - 1:
+        raise ValueError(f"gated_residual_sum: {len(terms) - 1} residuals need as many gates, got {len(gates)}")
+    acc = torch.zeros_like(terms[0])
+    for term, gate in zip(reversed(terms[1:]), reversed(list(gates))):
+        acc = gate * (term + acc)
+    return terms[0] + acc
+
+
+def nested_quantize(w: torch.Tensor, bits: int, group_size: int, levels=NESTED_BITS) -> torch.Tensor:
+    """``w`` through the nested quantizer with every level up to ``bits`` on and the rest off: x_{≤bits}."""
+    levels = _check_nested(levels)
+    if bits not in levels:
+        raise ConfigError(f"nested_quantize: bits={bits!r} is invalid; choose one of {levels}")
+    terms = nested_residuals(w, group_size, levels[:levels.index(bits) + 1])
+    return sum(terms[1:], terms[0])

@@ -1,7 +1,9 @@
 """Allocation: per-module active rank, gates and trainable parameters, and the total rank budget.
 
 Reads each layer's ``inspect()``; variants that allocate (SoRA's gates, AdaLoRA's masks, IncreLoRA's growth)
-report ``rank`` and ``gates`` there, so the allocation heatmap needs no variant-specific code. Layers that report
+report ``rank`` and ``gates`` there, so the allocation heatmap needs no variant-specific code; Bayesian-LoRA's
+quantization gates add ``bits_A``/``bits_B`` (the learned bits of each matrix) and ``bops``, drawn beside the ranks by
+:func:`workbench.figures.bit_allocation`. Layers that report
 no ``rank`` show the numerical rank of ΔW.
 """
 
@@ -30,7 +32,10 @@ class RanksProbe(Probe):
             budget += rank
             out.add(module, "rank", rank)
             out.add(module, "params", sum(p.numel() for p in layer.parameters() if p.requires_grad))
-            for name in ("gates", "mask", "lr_scale"):
+            for name in ("bits_A", "bits_B", "bops"):  # Bayesian-LoRA's learned bits per matrix, beside the ranks
+                if name in views:
+                    out.add(module, name, float(views[name]))
+            for name in ("gates", "mask", "lr_scale", "bit_gates"):
                 if name in views:
                     out.arrays[(module, name)] = torch.as_tensor(views[name]).detach().float().cpu().flatten()
         out.add("", "budget", budget)
