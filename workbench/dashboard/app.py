@@ -33,6 +33,7 @@ from .. import figures  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..recipes import recipe_names  # noqa: E402
 from ..tasks.base import restrict_paths  # noqa: E402
+from . import byo  # noqa: E402
 from . import callbacks as cb  # noqa: E402
 from .arguments import DEFAULT_HOST, DEFAULT_PORT, add_arguments  # noqa: E402
 from .learn import recipe_card  # noqa: E402
@@ -212,6 +213,66 @@ def task_options_form(task_name: str) -> gr.Dataframe:
                          columns=FORM_COLUMNS, static_columns=[0, 2, 3], wrap=True, column_widths=OPTION_WIDTHS)
 
 
+def open_adapter_entry(task_list: list[str]) -> dict[str, Any]:
+    """Issue 22: open an adapter folder (PEFT's or the workbench's) on a task's model, from the server or an upload;
+    it becomes a run with every probe on it, opened in Inspect (``byo.start_import``)."""
+    with gr.Accordion("Open an adapter folder (PEFT or workbench) on a task's model", open=False,
+                      elem_id="byo-entry"):
+        gr.Markdown("Inspect an adapter trained elsewhere: a **PEFT** folder (`adapter_config.json` + "
+                    "`adapter_model.safetensors`: LoRA, rsLoRA, DoRA, AdaLoRA, VeRA, FourierFT, RandLoRA, Uni-LoRA) "
+                    "or a **workbench** adaptation (`adaptation.json` + `adapter.safetensors`), on the model of the "
+                    "task it was trained on. It is probed once (every probe) and stored as a run.")
+        with gr.Row():
+            task = gr.Dropdown(task_list, value=DEFAULT_TASK, label="task whose model the adapter adapts",
+                               elem_id="byo-task")
+            folder = gr.Textbox(label="adapter folder on the server", elem_id="byo-folder",
+                                placeholder="a folder inside the server's --data-dir (blank: use the upload)")
+        options = task_options_form(DEFAULT_TASK)
+        upload = gr.File(label="or upload its files (or a zip of them)", file_count="multiple",
+                         file_types=[".json", ".safetensors", ".zip"], elem_id="byo-upload")
+        button = gr.Button("Open adapter", variant="primary", elem_id="byo-open")
+        status = gr.Markdown(byo.import_status(None), elem_classes="status", elem_id="byo-status")
+    return {"task": task, "folder": folder, "options": options, "upload": upload, "button": button,
+            "status": status, "job": gr.State(None), "seen": gr.State(-1)}
+
+
+def generate_entry(runs_root: str) -> dict[str, Any]:
+    """Issue 21: a LoRA decoded by a generator saved in the store (``generators/``) at a chosen condition, stored as
+    a run flagged as generated and opened in Inspect (``byo.start_generation``)."""
+    with gr.Accordion("Generate a LoRA for a condition (ICM-LoRA generator)", open=False, elem_id="gen-entry"):
+        with gr.Row():
+            pick = gr.Dropdown(byo.generator_options(runs_root), label="saved generator", allow_custom_value=True,
+                               elem_id="gen-pick", scale=3)
+            reload = gr.Button("Reload generators", size="sm", elem_id="gen-reload", scale=1)
+            condition = gr.Textbox("0.5", label="condition value", elem_id="gen-condition", scale=1)
+            extrapolate = gr.Checkbox(False, label="outside the trained range anyway (the run is flagged)",
+                                      elem_id="gen-extrapolate", scale=1)
+        note = gr.Markdown(byo.generator_note(runs_root, None), elem_id="gen-note")
+        button = gr.Button("Generate", variant="primary", elem_id="gen-go")
+        status = gr.Markdown(byo.generation_status(None), elem_classes="status", elem_id="gen-status")
+    return {"pick": pick, "reload": reload, "condition": condition, "extrapolate": extrapolate, "note": note,
+            "button": button,
+            "status": status, "job": gr.State(None), "seen": gr.State(-1)}
+
+
+def _starts_job(fn, status):
+    """For the Runs tab's entries: ``fn(*args, owner=...)`` starts a job; outputs the job id and ``status(job)``.
+    A refusal (a bad folder, a condition outside the trained range) is shown in the entry's status box, where the
+    user looks, with the library's message; the job id is left as it was."""
+    def wrapped(request: gr.Request, *args):
+        owner = getattr(request, "session_hash", None)
+        try:
+            job_id = fn(*args, owner=owner)
+            return job_id, status(job_id)
+        except (ConfigError, FileNotFoundError, ValueError) as exc:
+            return gr.skip(), f"**Refused:** {exc}"
+        except gr.Error:
+            raise
+        except Exception as exc:  # as in _safe: name the callback, never a bare "Error"
+            return gr.skip(), f"**Refused:** {_name(fn)}: {type(exc).__name__}: {exc}"
+    return wrapped
+
+
 WARM_UP_EXIT_SECONDS = 60  # how long the interpreter's exit waits for an unfinished warm-up
 _warm_up: threading.Thread | None = None
 _WARM_UP_LOCK = threading.Lock()
@@ -346,7 +407,7 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                     insp_kind = gr.Radio(["dct", "fft", "wht"], value="dct", label="frequency basis")
                 insp_head = gr.Markdown()
                 with gr.Row():
-                    insp_spectra = captioned_plot("singular values", "spectra")
+                    insp_spectra = captioned_plot("singular values", "spectra", elem_id="insp-spectra")
                     insp_freq = captioned_plot("frequency map", "frequency_map")
                 with gr.Row():
                     insp_erank = captioned_plot("effective rank", "effective_rank_over_time")
@@ -413,6 +474,8 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                     del_confirm = gr.Button("Confirm delete", variant="stop", visible=False)
                 runs_msg = gr.Markdown()
                 runs_files = gr.File(label="adapter (safetensors), metrics (CSV), PEFT export", file_count="multiple")
+                byo_parts = open_adapter_entry(task_list)
+                gen_parts = generate_entry(runs_root)
 
 
         # ---- events --------------------------------------------------------------------------------------
@@ -598,13 +661,52 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
             return gr.Tabs(selected="inspect"), gr.update(choices=cb.run_options(root_dir), value=run_id)
 
         open_btn.click(_safe(open_in_inspect, 2), [root, runs_pick], [tabs, insp_run])
+
+        # the Runs tab's two entries: each starts a job; when it has stored its run, Inspect opens on it
+        byo_parts["task"].change(_safe(cb.task_options_form, 1), [byo_parts["task"], byo_parts["options"]],
+                                 byo_parts["options"])
+        byo_parts["button"].click(_starts_job(byo.start_import, byo.import_status),
+                                  [byo_parts["task"], byo_parts["options"], byo_parts["folder"], byo_parts["upload"],
+                                   root], [byo_parts["job"], byo_parts["status"]])
+        gen_parts["button"].click(_starts_job(byo.start_generation, byo.generation_status),
+                                  [root, gen_parts["pick"], gen_parts["condition"], gen_parts["extrapolate"]],
+                                  [gen_parts["job"], gen_parts["status"]])
+
+        def reload_generators(root_dir, name):
+            choices = byo.generator_options(root_dir)
+            name = name if name in [value for _, value in choices] else None
+            return gr.update(choices=choices, value=name), byo.generator_note(root_dir, name)
+
+        for trigger in (gen_parts["reload"].click, runs_tab.select):
+            trigger(_safe(reload_generators, 2), [root, gen_parts["pick"]], [gen_parts["pick"], gen_parts["note"]],
+                    show_progress="hidden")
+        gen_parts["pick"].input(_safe(byo.generator_note, 1), [root, gen_parts["pick"]], gen_parts["note"])
+
+        def poll_entry(status):
+            def poll(job_id, seen, root_dir):
+                version = cb.job_version(job_id)
+                if version == seen:
+                    return (gr.skip(),) * 6 + (seen,)
+                run = byo.finished_run(job_id)
+                if run is None:
+                    return (status(job_id),) + (gr.skip(),) * 5 + (version,)
+                choices = cb.run_options(root_dir)
+                return (status(job_id), gr.Tabs(selected="inspect"), gr.update(choices=choices, value=run.id),
+                        gr.update(choices=choices), gr.update(choices=choices), cb.runs_table(root_dir), version)
+            return poll
+
+        for parts, status in ((byo_parts, byo.import_status), (gen_parts, byo.generation_status)):
+            timer.tick(poll_entry(status), [parts["job"], parts["seen"], root],
+                       [parts["status"], tabs, insp_run, land_run, runs_pick, runs_df, parts["seen"]],
+                       show_progress="hidden")
     demo.queue(default_concurrency_limit=4)
     return demo
 
 
-#: the page has no upload input: Gradio's upload route refuses anything larger, so no web page the user opens can
-#: fill the disk through it (issue 16)
-MAX_UPLOAD = "1mb"
+#: the largest file Gradio's upload route accepts: the Runs tab's "open an adapter" takes an adapter's files (a LoRA of
+#: the dashboard's tasks' models is well under 1 MB: MiniLM, r=8 on query and value, is 0.3 MB), and nothing larger
+#: can fill the disk through it; cross-origin posts are refused anyway (issue 16)
+MAX_UPLOAD = "8mb"
 
 
 class SameOriginOnly:

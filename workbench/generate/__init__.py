@@ -10,6 +10,7 @@ condition that probes, figures and exports treat like a trained one; ``generate_
                       steps=200, r=2, every=10, keep=4)
     g = gen.fit_generator(col, steps=1500)
     ad = gen.generate(g, col.task_at(0.4).model(), 0.4)
+    gen.save_generator(g, "runs")  # into runs/generators/, where the dashboard lists it
 """
 
 from .collect import Checkpoint, Collection, collect, load_collection
@@ -24,6 +25,8 @@ from .generator import (
     load_generated,
     load_generator,
 )
+from .shelf import GENERATORS, generator_folder, list_generators, open_generator, save_generator
 
 __all__ = ["Checkpoint", "Collection", "collect", "load_collection", "CVAE", "GeneratorConfig", "Generator",
-           "GeneratedAdaptation", "fit_generator", "generate", "generate_run", "load_generator", "load_generated"]
+           "GeneratedAdaptation", "fit_generator", "generate", "generate_run", "load_generator", "load_generated",
+           "GENERATORS", "generator_folder", "save_generator", "list_generators", "open_generator"]
