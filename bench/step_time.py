@@ -115,11 +115,30 @@ def adapter_step(model, emb, params=None, on_step=None, opt=None):
     return step
 
 
+class BenchTask:
+    """The timed batch as a task, for variants whose ``prepare`` reads one (LoRA-SB's first-step estimate): its
+    ``loss`` is the bench's loss, its ``batches`` repeat the timed embeddings."""
+
+    def __init__(self, emb: torch.Tensor) -> None:
+        self.emb = emb
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return _loss(model, inputs_embeds=batch)
+
+    def batches(self, split: str, batch_size: int, seed: int = 0):
+        while True:
+            yield self.emb[:batch_size]
+
+
 def ours(base, emb, name):
-    """Our step, with the variant's paper defaults (LoRA family: r=8, PEFT's default too)."""
+    """Our step, with the variant's paper defaults (LoRA family: r=8, PEFT's default too); a variant that prepares
+    before training (LoRA-SB) does so once, untimed."""
     model = copy.deepcopy(base)
     ad = wb.adapt(model, name, TARGETS)
     ad.train()
+    task = BenchTask(emb)
+    ad.variant.prepare(StepContext.standalone(ad, total_steps=10_000, lr=1e-4, task=task),
+                       task.batches("train", len(emb)))  # QWHA calibrates on the training stream
     opt = get_recipe(ad.variant.default_recipe)(ad, 1e-4).optimizer  # the variant's own parameter groups
     def on_step(i, o):
         ad.variant.on_step(StepContext(ad, i, total_steps=10_000, lr=1e-4, optimizer=o))
