@@ -266,6 +266,31 @@ def cmd_docs(args) -> None:
     print("\n".join(f"wrote {p}" for p in written) or "generated docs were already up to date")
 
 
+def cmd_claims(args) -> None:
+    """List the declared claims (``--list``: name, variant, recorded verdict), check the ledger (``--check``), or
+    run claims and rewrite docs/CLAIMS.md and docs/claims.json (:func:`workbench.claims.run_claims`)."""
+    from . import claims
+
+    if args.list:
+        entries = claims.load_record(args.root).get("claims", {})
+        rows = []
+        for c in claims.claims():
+            e = entries.get(c.name)
+            recorded = e["verdict"] if e and e.get("digest") == c.digest() else "not run" if not e else "stale"
+            rows.append({"claim": c.name, "variant": c.variant, "effect": c.describe_effect(), "seeds": c.seeds,
+                         "test": c.test, "verdict": recorded})
+        _print(pd.DataFrame(rows))
+        return
+    if args.check:
+        stale = claims.stale_claims(args.root)
+        if stale:
+            raise ConfigError("stale claims ledger: " + "; ".join(stale) + "; run `workbench claims`")
+        print("the claims ledger is up to date")
+        return
+    results = claims.run_claims(args.names or None, executor=args.executor, store=args.runs, root=args.root)
+    print(f"wrote {Path(args.root) / claims.runner.LEDGER_MD} ({len(results)} claims run)")
+
+
 def cmd_dashboard(args) -> None:
     """The Gradio dashboard (what ``python app.py`` starts): local only unless ``--host`` says otherwise."""
     from .dashboard.app import serve
@@ -332,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--root", default=".", help="the repository folder (holds README.md and docs/)")
     o.add_argument("--check", action="store_true", help="write nothing; exit 2 when a generated file is stale")
     o.set_defaults(fn=cmd_docs)
+
+    k = sub.add_parser("claims", help="run the claims ledger (each paper's claim in a small experiment) and write "
+                                      "docs/CLAIMS.md and docs/claims.json")
+    k.add_argument("names", nargs="*", help="claims to run (default: every declared claim)")
+    k.add_argument("--executor", choices=("local", "ray"), default="local", help="train the runs here or on Ray")
+    k.add_argument("--list", action="store_true", help="list the declared claims and their recorded verdicts")
+    k.add_argument("--check", action="store_true", help="run nothing; exit 2 when the ledger is stale")
+    k.add_argument("--runs", default=None, help="also store the claims' runs in this folder")
+    k.add_argument("--root", default=".", help="the repository folder (holds docs/)")
+    k.set_defaults(fn=cmd_claims)
 
     g = sub.add_parser("dashboard", help="the Gradio dashboard: learn, train live, compare, inspect (binds "
                                          "127.0.0.1 unless --host says otherwise)")

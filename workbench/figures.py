@@ -25,13 +25,13 @@ from .errors import ConfigError
 from .variant import VariantLayer, get_variant
 
 __all__ = ["loss_curves", "spectra", "spectra_over_time", "effective_rank_over_time", "frequency_map",
-           "allocation_heatmap", "bit_allocation", "gradient_norms", "landscape", "subspace_similarity", "comparison_table",
-           "comparison_bars", "small_multiples", "delta_heatmap", "metric_over_time", "parameters_vs_quality",
-           "variant_views", "location_trajectories", "CAPTIONS", "caption", "frequency_basis", "sharpness_text",
-           "validation_metric", "metric_name", "map_coordinates", "mark_step", "setup_notebook", "short_name",
-           "short_names", "layer_index", "fmt_number", "allocation_summary", "true_ranks", "magnitude_view",
-           "lr_sweep", "results_frame", "run_setting", "metric_column", "set_y_scale",
-           "smoothed"]
+           "allocation_heatmap", "bit_allocation", "gradient_norms", "landscape", "subspace_similarity",
+           "comparison_table", "comparison_bars", "small_multiples", "delta_heatmap", "metric_over_time",
+           "parameters_vs_quality", "variant_views", "location_trajectories", "CAPTIONS", "caption", "frequency_basis",
+           "sharpness_text", "validation_metric", "metric_name", "map_coordinates", "mark_step", "setup_notebook",
+           "short_name", "short_names", "layer_index", "fmt_number", "allocation_summary", "true_ranks",
+           "magnitude_view", "lr_sweep", "results_frame", "run_setting", "metric_column", "set_y_scale", "smoothed",
+           "claim_seeds"]
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22"]
@@ -1467,3 +1467,36 @@ CAPTIONS.update({
     "pareto_memory": "Metric against peak memory, frontier dotted. On a CPU this is the process's peak RSS, shared "
                      "by every run of the process, so read it on a GPU.",
 })
+
+
+def claim_seeds(values: dict[str, Sequence[float]], seeds: Sequence[int], effect: float, low: float, high: float,
+                statistic: str = "statistic", threshold: float | None = None, title: str = "",
+                verdict: str = "") -> go.Figure:
+    """A claim of the ledger (:mod:`workbench.claims`): left, each arm's statistic per seed (a line joins the seeds'
+    pairs; a one-arm claim draws its threshold as a dashed line); right, the mean effect (a − b, or a − threshold)
+    with its interval and the zero line the verdict is read against."""
+    if not values or not any(len(v) for v in values.values()):
+        return _empty(title or "claim", "no per-seed values (the claim has not run)")
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3],
+                        subplot_titles=(f"{statistic} per seed", "effect and interval"))
+    for i, (arm, vals) in enumerate(values.items()):
+        fig.add_trace(go.Scatter(x=[str(s) for s in seeds], y=list(vals), mode="markers+lines", name=arm,
+                                 marker=dict(size=10, color=PALETTE[i % len(PALETTE)]),
+                                 line=dict(dash="dot", width=1)), row=1, col=1)
+    if threshold is not None:
+        fig.add_hline(y=threshold, line=dict(dash="dash", color="#7f7f7f"), annotation_text="threshold",
+                      row=1, col=1)
+    finite = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (low, high))
+    fig.add_trace(go.Scatter(x=["effect"], y=[effect], mode="markers", name="mean effect", showlegend=False,
+                             marker=dict(size=12, color="black"),
+                             error_y=dict(type="data", symmetric=False, array=[high - effect] if finite else None,
+                                          arrayminus=[effect - low] if finite else None)), row=1, col=2)
+    fig.add_hline(y=0, line=dict(color="#d62728", width=1), row=1, col=2)
+    fig.update_xaxes(title_text="seed", row=1, col=1)
+    fig.update_layout(**SUBPLOTS, title=f"{title}{': ' + verdict if verdict else ''}")
+    return fig
+
+
+CAPTIONS["claim_seeds"] = ("A claim of the ledger: each arm's statistic per training seed (left; the same seed trains "
+                           "both arms) and the mean paired effect with its interval (right). The claim reproduces "
+                           "when the whole interval lies on the claimed side of the red zero line.")

@@ -1,0 +1,203 @@
+"""The claims ledger (issue 25): verdict logic against scipy computed another way, the declared test and seeds
+are the ones used, constructed failures / noise / effects get their verdicts end to end, staleness, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from workbench import claims as C
+from workbench.claims import runner as R
+from workbench.claims.claim import Claim
+from workbench.cli import main
+from workbench.errors import ConfigError
+from workbench.study import welch_p
+
+ROOT = Path(__file__).resolve().parents[1]
+A, B = "lora", "dora"  # two tiny arms: the fake statistic below returns a constructed value per arm and seed
+
+
+@C.register_statistic("test-table", "a constructed value per variant and seed (tests only)")
+def _table(run, task, table):
+    return float(table[run.variant][int(run.config["seed"])])
+
+
+def fake_claim(a_values, b_values, **kw) -> Claim:
+    n = len(a_values)
+    fields = dict(name="fake", variant="lora", statement="s", source="test", task="synthetic:lowrank",
+                  settings={"steps": 2, "lr": 1e-3, "batch_size": 8},
+                  arms={"a": (A, {"r": 1}), "b": (B, {"r": 1})}, statistic="test-table",
+                  statistic_options={"table": {A: list(a_values), B: list(b_values)}}, direction="less", seeds=n)
+    return Claim(**{**fields, **kw})
+
+
+# ------------------------------------------------------------------------------------------------ pure verdicts
+
+
+def test_paired_t_is_scipys_ttest_rel_and_its_interval_the_one_sided_bounds():
+    a, b = np.array([1.0, 1.4, 0.7, 1.1]), np.array([1.3, 1.6, 1.2, 1.2])
+    v = C.decide(a, b, direction="less", test="paired-t", alpha=0.05)
+    assert v.p == pytest.approx(scipy.stats.ttest_rel(a, b, alternative="less").pvalue)
+    d = a - b
+    half = scipy.stats.t.ppf(0.95, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))  # one-sided 95% bound
+    assert (v.low, v.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert v.verdict == C.REPRODUCES and v.high < 0 and v.p < 0.05  # the interval wholly on the claimed side
+
+
+def test_constructed_failure_noise_and_effect_get_their_verdicts():
+    base = np.array([0.5, 2.0, 1.0, 3.0])  # large between-seed spread, shared by both arms (same seed)
+    effect = C.decide(base - 0.1 + [0.0, 0.01, -0.01, 0.0], base, direction="less")
+    opposite = C.decide(base + 0.1 + [0.0, 0.01, -0.01, 0.0], base, direction="less")
+    noise = C.decide(base + [0.05, -0.04, 0.03, -0.05], base, direction="less")
+    assert (effect.verdict, opposite.verdict, noise.verdict) == (C.REPRODUCES, C.DOES_NOT_REPRODUCE,
+                                                                 C.INCONCLUSIVE)
+    assert noise.low < 0 < noise.high
+    # pairing is what finds the effect: Welch's unpaired test on the same numbers sees nothing
+    assert welch_p(base - 0.1, base) > 0.5
+
+
+def test_threshold_claims_compare_one_arm_with_the_stated_value():
+    assert C.decide([0.8, 0.9, 0.85], direction="greater", threshold=0.5).verdict == C.REPRODUCES
+    short = C.decide([0.1, 0.2, 0.15], direction="greater", threshold=0.5)  # entirely short of the threshold
+    assert short.verdict == C.DOES_NOT_REPRODUCE and short.high < 0
+    assert C.decide([0.3, 0.9, 0.6], direction="greater", threshold=0.5).verdict == C.INCONCLUSIVE
+    same = C.decide([3.0, 3.0, 3.0], [1.0, 1.0, 1.0], direction="greater")  # no spread: the sign decides
+    assert (same.verdict, same.effect, same.p) == (C.REPRODUCES, 2.0, 0.0)
+
+
+def test_bootstrap_is_scipys_percentile_interval_of_the_mean_difference():
+    d = np.array([-0.3, -0.1, -0.25, 0.05, -0.2])
+    v = C.decide(d, np.zeros_like(d), direction="less", test="bootstrap", alpha=0.05, seed=3)
+    t = C.decide(d, np.zeros_like(d), direction="less", test="paired-t", alpha=0.05)
+    assert d.min() <= v.low < v.high <= d.max() and v.effect == pytest.approx(d.mean())
+    assert (v.low, v.high) != pytest.approx((t.low, t.high))  # a different interval from the t one
+    # the p-value is the share of resampled means on the wrong side, computed here by hand from the same draws
+    again = C.decide(d, np.zeros_like(d), direction="less", test="bootstrap", alpha=0.05, seed=3)
+    assert (again.low, again.high, again.p) == (v.low, v.high, v.p)  # seeded: reproducible
+    assert 0 <= v.p < 0.05 and v.verdict == C.REPRODUCES
+
+
+def test_a_diverged_seed_drops_its_pair_and_two_missing_leave_it_inconclusive():
+    v = C.decide([1.0, math.nan, 1.2, 1.1], [2.0, 2.1, 2.2, 2.05], direction="less")
+    assert v.n == 3 and v.verdict == C.REPRODUCES
+    assert C.decide([1.0, math.nan], [2.0, 2.0], direction="less").verdict == C.INCONCLUSIVE
+
+
+def test_declarations_are_checked_with_the_parameter_and_its_range():
+    with pytest.raises(ConfigError, match=r"seeds=1 is invalid; seeds must be an integer in \[2, 20\]"):
+        fake_claim([1.0], [2.0])
+    with pytest.raises(ConfigError, match="direction='up' is invalid"):
+        fake_claim([1, 2], [2, 3], direction="up")
+    with pytest.raises(ConfigError, match="threshold"):
+        fake_claim([1, 2], [2, 3], threshold=0.5)
+    with pytest.raises(ConfigError, match="test='welch' is invalid"):
+        fake_claim([1, 2], [2, 3], test="welch")
+    with pytest.raises(ConfigError, match="statistic='nope' is invalid"):
+        fake_claim([1, 2], [2, 3], statistic="nope").check_names()
+    assert fake_claim([1, 2], [2, 3]).digest() != fake_claim([1, 2], [2, 3], seeds=2, alpha=0.1).digest()
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+def test_a_claim_runs_its_declared_seeds_for_every_arm_and_its_declared_test():
+    claim = fake_claim([0.1, 0.3, 0.2, 0.15], [0.4, 0.5, 0.45, 0.5])  # seeds=4
+    result = C.run_claim(claim)
+    assert result.seeds == [0, 1, 2, 3]
+    for key, variant in (("a", A), ("b", B)):
+        assert [r.config["seed"] for r in result.runs[key]] == [0, 1, 2, 3]
+        assert {r.variant for r in result.runs[key]} == {variant}
+        assert all(r.config["steps"] == 2 for r in result.runs[key])
+    assert result.values == {"a": [0.1, 0.3, 0.2, 0.15], "b": [0.4, 0.5, 0.45, 0.5]}
+    assert result.verdict.verdict == C.REPRODUCES and result.verdict.test == "paired-t"
+    boot = C.run_claim(dataclasses.replace(claim, test="bootstrap"))
+    assert boot.verdict.test == "bootstrap"
+    assert (boot.verdict.low, boot.verdict.high) == pytest.approx(
+        (lambda v: (v.low, v.high))(C.decide(boot.values["a"], boot.values["b"], direction="less", test="bootstrap",
+                                             seed=int(boot.claim.digest(), 16) % 2**31)))
+    assert (boot.verdict.low, boot.verdict.high) != pytest.approx((result.verdict.low, result.verdict.high))
+    fig = result.figure()
+    assert [list(t.y) for t in fig.data[:2]] == [[0.1, 0.3, 0.2, 0.15], [0.4, 0.5, 0.45, 0.5]]
+
+
+@pytest.mark.parametrize("a,b,expected", [
+    ([0.9, 0.8, 0.85], [0.2, 0.3, 0.25], C.DOES_NOT_REPRODUCE),  # constructed to fail: a is worse on every seed
+    ([0.3, 0.5, 0.2], [0.4, 0.3, 0.35], C.INCONCLUSIVE),  # constructed noise
+    ([0.1, 0.2, 0.15], [0.3, 0.41, 0.36], C.REPRODUCES),  # a constructed true effect
+])
+def test_constructed_claims_end_to_end(a, b, expected):
+    assert C.run_claim(fake_claim(a, b)).verdict.verdict == expected
+
+
+# ---------------------------------------------------------------------------------------------- the ledger
+
+
+def _fake_result(claim: Claim, a, b) -> R.ClaimResult:
+    v = C.decide(a, b, direction=claim.direction, test=claim.test, alpha=claim.alpha)
+    return R.ClaimResult(claim, list(range(len(a))), {"a": list(a), "b": list(b)}, v, 1.5)
+
+
+def test_the_ledger_goes_stale_when_a_declaration_changes_or_is_missing(tmp_path, monkeypatch):
+    one, two = fake_claim([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]), fake_claim([1, 2, 3], [1, 2, 3], name="other")
+    monkeypatch.setattr(R, "declared", lambda: [one, two])
+    R.write_ledger([_fake_result(one, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7])], tmp_path)
+    assert R.stale_claims(tmp_path) == ["other: declared but not in docs/claims.json"]
+    R.write_ledger([_fake_result(two, [1, 2, 3], [1, 2.5, 3])], tmp_path)  # merged: `one` keeps its record
+    assert R.stale_claims(tmp_path) == []
+    record = json.loads((tmp_path / R.LEDGER_JSON).read_text())
+    assert set(record["claims"]) == {"fake", "other"} and record["claims"]["fake"]["digest"] == one.digest()
+    assert {"torch", "transformers", "peft"} <= set(record["versions"]) and record["commit"]
+    text = (tmp_path / R.LEDGER_MD).read_text()
+    assert "| [fake](#fake) |" in text and "**reproduces**" in text and "**inconclusive**" in text
+    changed = dataclasses.replace(one, seeds=4)
+    monkeypatch.setattr(R, "declared", lambda: [changed, two])
+    assert R.stale_claims(tmp_path) == ["fake: its declaration changed since its verdict was recorded"]
+    monkeypatch.setattr(R, "declared", lambda: [one, two])
+    (tmp_path / R.LEDGER_MD).write_text(text.replace("**inconclusive**", "**reproduces**"))  # a hand edit
+    assert R.stale_claims(tmp_path) == ["docs/CLAIMS.md is not the rendering of docs/claims.json"]
+    assert main(["claims", "--check", "--root", str(tmp_path)]) == 2
+
+
+def test_the_repository_ledger_is_up_to_date_with_the_declarations():
+    assert R.stale_claims(ROOT) == [], "run `workbench claims` to regenerate docs/CLAIMS.md and docs/claims.json"
+
+
+def test_every_declared_claim_names_a_registered_method_and_its_paper():
+    import workbench as wb
+    from workbench.recipes import recipe_names
+
+    declared = C.claims()
+    assert len(declared) >= 5 and len({c.name for c in declared}) == len(declared)
+    methods = set(wb.variant_table()["name"]) | set(recipe_names())
+    for c in declared:
+        assert c.variant in methods and c.statement and c.source, c.name
+        assert c.seeds >= 3 and c.alpha == 0.05, c.name
+
+
+def test_cli_lists_the_claims_with_their_recorded_verdicts(capsys):
+    assert main(["claims", "--list", "--root", str(ROOT)]) == 0
+    out = capsys.readouterr().out
+    record = R.load_record(ROOT)["claims"]
+    for c in C.claims():
+        line = next(row for row in out.splitlines() if row.strip().startswith(c.name))
+        assert (record[c.name]["verdict"] if c.name in record else "not run") in line
+
+
+def test_claims_for_gives_the_learn_tab_each_claim_with_its_verdict(tmp_path, monkeypatch):
+    one = fake_claim([0.1, 0.2, 0.3], [0.5, 0.6, 0.7])
+    monkeypatch.setattr(R, "declared", lambda: [one])
+    import workbench.claims.registry as reg
+
+    monkeypatch.setattr(reg, "claims", lambda: [one])
+    assert R.claims_for("lora", tmp_path) == [(one, None)]  # never run
+    R.write_ledger([_fake_result(one, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7])], tmp_path)
+    [(claim, entry)] = R.claims_for("lora", tmp_path)
+    assert claim is one and entry["verdict"] == C.REPRODUCES and entry["values"] == {A: [0.1, 0.2, 0.3],
+                                                                                      B: [0.5, 0.6, 0.7]}
+    assert R.claims_for("dora", tmp_path) == []

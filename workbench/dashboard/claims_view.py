@@ -1,0 +1,97 @@
+"""The Learn tab's claims (issue 25): the claims of the chosen variant's (and recipe's) paper with the verdicts the
+ledger recorded, and a live rerun of one claim as a background job with its figure.
+
+Everything shown comes from :mod:`workbench.claims`: :func:`~workbench.claims.claims_for` reads the declarations and
+``docs/claims.json`` (a verdict recorded for another declaration is shown as stale, never as current), and the rerun
+is :func:`~workbench.claims.rerun`, the same experiment ``workbench claims NAME`` runs, without writing the ledger.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import figures
+from ..claims import claims_for, get_claim, rerun
+from ..claims.runner import LEDGER_MD
+from ..errors import ConfigError
+from . import jobs
+
+__all__ = ["LEDGER_ROOT", "claims_section", "claim_choices", "start_claim", "claim_view"]
+
+#: the repository whose docs/claims.json the tab reads (a wheel without docs/ shows every claim as not run)
+LEDGER_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+def _no_figure():
+    return figures.claim_seeds({}, [], 0.0, 0.0, 0.0, title="claim")
+
+
+def claims_section(*methods: str | None, root: str | Path = LEDGER_ROOT) -> str:
+    """Markdown: one row per claim of the named variants' and recipes' papers (statement, source, the tested
+    inequality, the recorded verdict with its mean effect and interval)."""
+    rows = [(c, e) for m in methods if m and m != "none" for c, e in claims_for(m, root)]
+    names = " and ".join(f"`{m}`" for m in methods if m and m != "none")
+    if not rows:
+        return (f"**Claims.** No claim of {names}'s paper is in the ledger yet; {LEDGER_MD} lists the claims tested "
+                f"(`workbench claims --list`).")
+    lines = [f"### What the paper claims, tested here ({LEDGER_MD}, `workbench claims`)", "",
+             "| claim | tested as | verdict | mean effect [interval] | seeds |", "| --- | --- | --- | --- | --- |"]
+    for claim, entry in rows:
+        if entry is None:
+            verdict, effect, seeds = "not run for this declaration", "–", str(claim.seeds)
+        else:
+            verdict = entry["verdict"]
+            effect = f"{_fmt(entry['effect_value'])} [{_fmt(entry['ci_low'])}, {_fmt(entry['ci_high'])}]"
+            seeds = str(len(entry["seeds"]))
+        lines.append(f"| `{claim.name}`: *{claim.statement}* ({claim.source}) | {claim.describe_effect()} on "
+                     f"`{claim.task}` | **{verdict}** | {effect} | {seeds} |")
+    return "\n".join(lines) + "\n\nPick a claim below and press **Rerun** to train its arms here and watch the verdict."
+
+
+def claim_choices(*methods: str | None, root: str | Path = LEDGER_ROOT) -> list[str]:
+    """The names of the claims :func:`claims_section` shows, for the rerun dropdown."""
+    return [c.name for m in methods if m and m != "none" for c, _ in claims_for(m, root)]
+
+
+def start_claim(name: str | None, owner: str | None = None) -> str:
+    """Rerun claim ``name`` in a background job (one per browser session); returns the job id. An unknown or empty
+    name is a ConfigError naming the known claims."""
+    if not name:
+        raise ConfigError("claim: choose a claim to rerun (the variant's claims are listed above)")
+    claim = get_claim(name)
+    steps = int(claim.settings.get("steps", 0)) or None
+
+    def work(job):
+        if steps:
+            job.planned_steps = steps * claim.seeds * len(claim.arms)
+        job.set_phase(f"training {len(claim.arms)} arm(s) × {claim.seeds} seeds")
+        return rerun(name, callback=job.on_event, control=job.control)
+
+    return jobs.start("claim", work, owner=owner).id
+
+
+def claim_view(job_id: str | None) -> tuple[str, object]:
+    """(status line, figure) of a claim rerun: progress while it trains, then the verdict beside the recorded one
+    and :func:`workbench.figures.claim_seeds` of the per-seed values."""
+    from .callbacks import eta_text
+
+    job = jobs.get(job_id)
+    if job is None:
+        return "", _no_figure()
+    if job.error:
+        return f"**Failed:** `{job.error}`", _no_figure()
+    if not job.done:
+        runs = len(job.runs)
+        return (f"**{job.status()}** · run {runs} · {eta_text(job)}",
+                _no_figure())
+    result = job.result
+    if result is None:
+        return f"**{job.status()}** before the claim finished", _no_figure()
+    v = result.verdict
+    return (f"**{v.verdict}** · mean effect {_fmt(v.effect)} [{_fmt(v.low)}, {_fmt(v.high)}], p = {_fmt(v.p)} "
+            f"({v.test}, {v.n} seeds) · {result.wall_s:.0f} s · rerun here, not written to the ledger",
+            result.figure())
