@@ -3,9 +3,9 @@
 Shao et al. (IJCAI 2025, §3.1 and the released ``train_lora/train_lora_arg.py``) train one LoRA per task and save the
 adapter every epoch of the second half of training, so each task gives ~100 nearby points of its LoRA; the generator
 learns from all of them. Here a *family* of tasks is one task name whose option ``condition`` (``t`` for
-``synthetic-family:path``) varies; :func:`collect` trains at each value with :func:`workbench.train.train` and
-records the adapter state at the last ``keep`` checks of the run (every ``every`` steps: the "epochs" of a run
-that is counted in steps).
+``synthetic-family:path``, ``angle`` for ``digits-family:rotate``: what the task class declares) varies;
+:func:`collect` trains at each value with :func:`workbench.train.train` and records the adapter state at the last
+``keep`` checks of the run (every ``every`` steps: the "epochs" of a run that is counted in steps).
 
 Every run of a collection uses the same training seed, so every LoRA starts from the same A (B = 0): a LoRA's
 factors are only defined up to B A = (B R)(R⁻¹ A), and a shared start keeps the factors of neighbouring conditions
@@ -123,13 +123,16 @@ class _Keep:
         self.states.append((max(steps) + 1, state))  # the check runs after the step's update
 
 
-def collect(task: str, values, *, condition: str = "t", variant: str = "lora", keep: int = 4, seed: int = 0,
+def collect(task: str, values, *, condition: str | None = None, variant: str = "lora", keep: int = 4, seed: int = 0,
             store: RunStore | str | None = None, task_options: dict | None = None, name: str = "collection",
             **train_kw: Any) -> Collection:
     """Train ``variant`` on ``task`` at each condition in ``values`` and keep the last ``keep`` checkpoints per run.
 
     Args:
-        task: a task name whose option ``condition`` moves along the family (``"synthetic-family:path"``).
+        task: a task name whose option ``condition`` moves along the family (``"synthetic-family:path"``,
+            ``"digits-family:rotate"``).
+        condition: the option that varies; by default the one the task class declares as its ``condition``
+            attribute (``angle`` for ``digits-family:rotate``), else ``t``.
         values: the condition values to train at.
         keep: checkpoints per run, taken at the run's last ``keep`` checks (``every`` steps apart; the last is the
             final adapter).
@@ -148,6 +151,8 @@ def collect(task: str, values, *, condition: str = "t", variant: str = "lora", k
     values = sorted({float(v) for v in values})
     if not values:
         raise ConfigError("collect: values is empty; give at least one condition value")
+    if condition is None:
+        condition = getattr(task_registry.task_class(task), "condition", "t")
     if isinstance(store, str) or hasattr(store, "__fspath__"):
         store = RunStore(store)
     task_options = dict(task_options or {})

@@ -30,6 +30,12 @@ def _family() -> type[Task]:
     return FamilyTask
 
 
+def _digits_family() -> type[Task]:
+    from .digits_family import DigitsFamilyTask
+
+    return DigitsFamilyTask
+
+
 def _text() -> type[Task]:
     from .text import TextTask  # imported on first use: it pulls in transformers
 
@@ -40,6 +46,7 @@ _FAMILIES: dict[str, tuple[Callable[[], type[Task]], tuple[str, ...]]] = {
     "synthetic": (lambda: SyntheticTask, STRUCTURES),
     "synthetic-family": (_family, ("path",)),
     "digits": (_digits, ("rotate", "invert", "classes", "continual")),
+    "digits-family": (_digits_family, ("rotate",)),
     "text": (_text, ("sst2", "classify")),
 }
 
