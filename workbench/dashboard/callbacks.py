@@ -31,7 +31,7 @@ from ..adapt import adapt
 from ..compare import SWEEP_FACTORS, compare, parse_entry
 from ..errors import ConfigError
 from ..export import export_peft
-from ..probes.landscape import landscape
+from ..probes.landscape import MODES, landscape
 from ..recipes import get_recipe, recipe_infos, recipe_names, validate_options
 from ..runs import Run, RunStore, _inside
 from ..settings import Preset, Resolved, TrainSettings, resolve
@@ -928,13 +928,39 @@ def landscape_plan(root: str, run_id: str, dims: int, steps: int) -> dict[str, A
     return {"points": points, "seconds": seconds, "per_point": per_point}
 
 
+def landscape_mode(mode: str) -> str:
+    """The landscape's direction box, checked (:data:`workbench.probes.landscape.MODES`)."""
+    if mode not in MODES:
+        raise ConfigError(f"directions in={mode!r} is invalid; choose one of {', '.join(map(repr, MODES))}")
+    return mode
+
+
+def landscape_work(job, load, mode: str, dims: int, steps: int, span: float) -> dict[str, Any]:
+    """The body of a landscape job, shared by the dashboard and the notebook panel
+    (:class:`workbench.widgets.landscape.LandscapePanel`): ``load()`` returns (adaptation, task); the grid reports
+    its progress on ``job`` and Stop ends it between any two grid points. Returns the landscape's dict."""
+    job.set_phase("rebuilding the run's task and adapter")
+    ad, task = load()
+    job.check_stop()
+    job.set_phase(f"evaluating {steps ** dims:,} points of the loss grid")
+    job.progress_since = time.perf_counter()
+
+    def progress(fraction: float) -> None:
+        job.check_stop()  # Stop ends the job between two grid points
+        job.progress = fraction
+        job.version += 1
+
+    result = landscape(ad, task, mode=mode, dims=dims, steps=steps, span=span, progress=progress)
+    job.phase = ""
+    return result
+
+
 def start_landscape(root: str, run_id: str, mode: str, dims: Any, steps: Any, span: Any, confirm: bool = False,
                     owner: str | None = None) -> str:
     """Compute a landscape in the background (a job with Stop between any two grid points); above
     :data:`CONFIRM_SECONDS` of estimated work it raises :class:`NeedsConfirmation` unless ``confirm``."""
     dims, steps, span = landscape_numbers(dims, steps, span)
-    if mode not in ("adapter", "delta", "merged"):
-        raise ConfigError(f"directions in={mode!r} is invalid; choose 'adapter' or 'delta'")
+    landscape_mode(mode)
     plan = landscape_plan(root, run_id, dims, steps)
     if not confirm and plan["seconds"] is not None and plan["seconds"] > CONFIRM_SECONDS:
         raise NeedsConfirmation(
@@ -942,22 +968,13 @@ def start_landscape(root: str, run_id: str, mode: str, dims: Any, steps: Any, sp
             f"{plan['per_point']:.3g} s a point (from the run's training pace). Press **Start anyway** to compute "
             f"it, or choose 1 dimension or fewer grid points.")
 
-    def work(job):
-        job.set_phase("rebuilding the run's task and adapter")
+    def load():
         run = load_run(root, run_id)
         task = task_of(run)
-        job.check_stop()
-        ad = run.restore(task)
-        job.set_phase(f"evaluating {plan['points']:,} points of the loss grid")
-        job.progress_since = time.perf_counter()
+        return run.restore(task), task
 
-        def progress(fraction: float) -> None:
-            job.check_stop()  # Stop ends the job between two grid points
-            job.progress = fraction
-            job.version += 1
-
-        result = landscape(ad, task, mode=mode, dims=dims, steps=steps, span=span, progress=progress)
-        job.phase = ""
+    def work(job):
+        result = landscape_work(job, load, mode, dims, steps, span)
         return (figures.landscape(result),
                 f"centre loss {result['center_loss']:.4g} · {figures.sharpness_text(result)}")
 

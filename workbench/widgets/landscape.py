@@ -8,14 +8,12 @@ naming the box and its range), the grid by :func:`workbench.probes.landscape.lan
 
 from __future__ import annotations
 
-import time
-
 import ipywidgets as w
 
 from .. import figures
 from ..dashboard import callbacks
 from ..errors import ConfigError
-from ..probes.landscape import MODES, landscape
+from ..probes.landscape import MODES
 from .base import Panel, live_figure, show_figure
 from .inspect import _run_of
 
@@ -51,30 +49,19 @@ class LandscapePanel(Panel):
     def start(self):
         """Check the boxes and compute the landscape in the background (the Compute button)."""
         dims, steps, span = callbacks.landscape_numbers(self.dims.value, self.points.value, self.span.value)
-        mode = self.mode.value
-        if mode not in MODES:
-            raise ConfigError(f"directions in={mode!r} is invalid; choose one of {', '.join(map(repr, MODES))}")
+        mode = callbacks.landscape_mode(self.mode.value)
         if isinstance(self.source, Panel) and getattr(self.source, "run", None) is not None:
             self.run = self.source.run
         run, given = self.run, self.task
         if run.status == "running":
             raise ConfigError(f"run {run.id} is still training; compute its landscape once it has ended")
 
-        def work(job):
-            job.set_phase("rebuilding the run's task and adapter")
+        def load():
             task = given if given is not None else callbacks.task_of(run)
-            ad = run.adaptation if run.adaptation is not None else run.restore(task)
-            job.set_phase(f"evaluating {steps ** dims:,} points of the loss grid")
-            job.progress_since = time.perf_counter()
+            return (run.adaptation if run.adaptation is not None else run.restore(task)), task
 
-            def progress(fraction: float) -> None:
-                job.check_stop()  # Stop ends the job between two grid points
-                job.progress = fraction
-                job.version += 1
-
-            result = landscape(ad, task, mode=mode, dims=dims, steps=steps, span=span, progress=progress)
-            job.phase = ""
-            return result
+        def work(job):
+            return callbacks.landscape_work(job, load, mode, dims, steps, span)
 
         job = self.start_job("landscape", work)
         self.progress.value = 0.0
