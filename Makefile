@@ -70,7 +70,7 @@ test-quick: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not browser" tests -q
 
 screenshots: $(STAMP)
-	WORKBENCH_SCREENSHOTS=assets $(PY) -m pytest tests/test_browser.py -q
+	WORKBENCH_SCREENSHOTS=assets $(PY) -m pytest tests/test_browser.py tests/test_lab.py -q
 
 bench: $(STAMP)
 	$(PY) bench/step_time.py

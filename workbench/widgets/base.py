@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 from ..dashboard import jobs
 from ..errors import ConfigError
 
-__all__ = ["Panel", "live_figure", "show_figure", "markdown_html", "row", "REFRESH_SECONDS"]
+__all__ = ["Panel", "live_figure", "show_figure", "replace_output", "markdown_html", "row", "REFRESH_SECONDS"]
 
 #: at most one redraw of a panel's figures per this many seconds while its job runs
 REFRESH_SECONDS = 0.25
@@ -46,6 +46,22 @@ def show_figure(fw: go.FigureWidget, fig: go.Figure, height: int | None = None) 
     fw.update_layout(width=FIGURE_WIDTH, **({"height": height} if height else {}))
     if fig.data:
         fw.add_traces(list(fig.data))
+
+
+def replace_output(out: w.Output, *items: Any) -> None:
+    """Show ``items`` (figures, tables, text: anything IPython can display) in ``out``, replacing what it held.
+
+    The items go in through the widget's state (``outputs``, then ``append_display_data``), not by capturing output
+    in ``with out:``: when a notebook runs under nbclient (nbmake, ``nbconvert --execute``), captured output makes
+    nbclient write widget updates to the kernel on the channel it is reading the cell's reply from, and the cell
+    can stall until its timeout (jupyter/nbclient#312; notebook 08 lost 300 s of nbmake's time to it). Strings are
+    shown as plain text."""
+    out.outputs = ()
+    for item in items:
+        if isinstance(item, str):
+            out.append_stdout(item if item.endswith("\n") else item + "\n")
+        else:
+            out.append_display_data(item)
 
 
 def row(*children: w.Widget) -> w.HBox:
