@@ -60,99 +60,69 @@ def _phi(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], k: int) -> floa
     return sum(min(subspace_similarities(a[n], b[n], k, k)) for n in b) / len(b)
 
 
+def _family(seed: int, args) -> dict:
+    """What differs between the two families: the task and its options, the conditions, the training settings, the
+    name of the condition in the rows and whether a true ΔW exists (the synthetic family's)."""
+    if args.family == "digits":
+        return {"task": DIGITS, "options": {"seed": seed}, "trained": ANGLES, "held_out": HELD_OUT_ANGLES,
+                "key": "angle", "truth": False,
+                "train_kw": {"steps": args.steps, "lr": 1e-2, "r": args.rank, "every": 10, "batch_size": 32}}
+    return {"task": FAMILY, "trained": TRAINED, "held_out": HELD_OUT, "key": "t", "truth": True,
+            "options": {"dim": args.dim, "rank": args.rank, "n_train": 1024, "n_val": 256, "seed": seed,
+                        "path": args.path},
+            "train_kw": {"steps": args.steps, "lr": 1e-2, "r": args.rank, "every": 10}}
+
+
+def _metrics(task, model, truth: bool) -> dict:
+    """The synthetic family's relative error, or the digits' test accuracy (the digits no run selected on)."""
+    return {"rel_error": task.evaluate(model)["rel_error"]} if truth else \
+        {"test_accuracy": task.evaluate(model, split="test")["accuracy"]}
+
+
 def run_seed(seed: int, args) -> tuple[list[dict], dict]:
-    opts = {"dim": args.dim, "rank": args.rank, "n_train": 1024, "n_val": 256, "seed": seed, "path": args.path}
-    train_kw = {"steps": args.steps, "lr": 1e-2, "r": args.rank, "every": 10}
+    """One seed: collect at the family's trained conditions, fit the CVAE, compare at its held-out conditions."""
+    fam = _family(seed, args)
+    train_kw = fam["train_kw"]
     t0 = time.perf_counter()
-    col = gen.collect(FAMILY, TRAINED, task_options=opts, keep=4, seed=seed, **train_kw)
+    col = gen.collect(fam["task"], fam["trained"], task_options=fam["options"], keep=4, seed=seed, **train_kw)
     t_collect = time.perf_counter() - t0
     t0 = time.perf_counter()
     g = gen.fit_generator(col, steps=args.gen_steps, seed=seed)
     t_fit = time.perf_counter() - t0
     rows = []
-    for t in HELD_OUT:
-        task = col.task_at(t)
-        truth = task.reference_delta()
+    for c in fam["held_out"]:
+        task = col.task_at(c)
         trained = wb.train(task, "lora", seed=seed, probes=None, progress=False, **train_kw).adaptation
         trained.eval()
-        theta_tr = trained.adapter_state()
-        lo, hi = col.neighbours(t)
-        w = (t - lo) / (hi - lo)
-        near = col.final(lo if t - lo <= hi - t else hi).state
+        theta_tr, dw_tr = trained.adapter_state(), _dw(trained)
+        lo, hi = col.neighbours(c)
+        w = (c - lo) / (hi - lo)
         s_lo, s_hi = col.final(lo).state, col.final(hi).state
-        states = {"generated": g.state(t), "generated (z~N)": g.state(t, sample=True, seed=seed),
-                  "nearest": near, "interpolated": {k: (1 - w) * s_lo[k] + w * s_hi[k] for k in s_lo},
-                  "trained": theta_tr}
+        states = {"generated": g.state(c), "generated (z~N)": g.state(c, sample=True, seed=seed),
+                  "nearest": col.final(lo if c - lo <= hi - c else hi).state,
+                  "interpolated": {k: (1 - w) * s_lo[k] + w * s_hi[k] for k in s_lo}, "trained": theta_tr}
+        if not fam["truth"]:  # the pretrained model at the angle, unadapted
+            rows.append({"seed": seed, fam["key"]: c, "method": "none", **_metrics(task, task.model(), False)})
         for method, state in states.items():
             ad = col.adaptation(task.model(), state) if method != "trained" else trained
             ad.eval()
             dw = _dw(ad)
-            rows.append({"seed": seed, "t": t, "method": method,
-                         "rel_error": task.evaluate(ad.model)["rel_error"],
-                         "dist_truth": _rel(dw, truth),
+            row = {"seed": seed, fam["key"]: c, "method": method, **_metrics(task, ad.model, fam["truth"])}
+            if fam["truth"]:
+                row["dist_truth"] = _rel(dw, task.reference_delta())
+            rows.append({**row, "recon_dw": _rel(dw, dw_tr), "phi_to_trained": _phi(dw, dw_tr, args.rank),
                          "recon_params": math.sqrt(sum(float((state[k] - theta_tr[k]).pow(2).sum()) for k in state)
-                                                   / sum(float(v.pow(2).sum()) for v in theta_tr.values())),
-                         "recon_dw": _rel(dw, _dw(trained)), "phi_to_trained": _phi(dw, _dw(trained), args.rank)})
+                                                   / sum(float(v.pow(2).sum()) for v in theta_tr.values()))})
     # in-distribution: the generator at the trained conditions against their final checkpoints
     recon_in = []
-    for t in TRAINED:
-        task = col.task_at(t)
-        ref = col.adaptation(task.model(), col.final(t).state)
-        genad = gen.generate(g, col.task_at(t).model(), t)
-        recon_in.append(_rel(genad.delta_weights(), ref.delta_weights()))
-    one_lora = sum(v.numel() for v in col.checkpoints[0].state.values())
-    size = {"seed": seed, "generator_numbers": g.num_parameters(), "checkpoint_numbers": col.stored_numbers(),
-            "one_lora_numbers": one_lora, "checkpoints": len(col.checkpoints),
-            "generator_final_loss": sum(g.history[-50:]) / 50, "recon_dw_at_trained_t": sum(recon_in) / len(recon_in),
-            "collect_s": t_collect, "fit_s": t_fit}
-    return rows, size
-
-
-def run_seed_digits(seed: int, args) -> tuple[list[dict], dict]:
-    """One seed on ``digits-family:rotate``: collect at :data:`ANGLES`, fit, compare at :data:`HELD_OUT_ANGLES`."""
-    opts = {"seed": seed}
-    train_kw = {"steps": args.steps, "lr": 1e-2, "r": args.rank, "every": 10, "batch_size": 32}
-    t0 = time.perf_counter()
-    col = gen.collect(DIGITS, ANGLES, task_options=opts, keep=4, seed=seed, **train_kw)
-    t_collect = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    g = gen.fit_generator(col, steps=args.gen_steps, seed=seed)
-    t_fit = time.perf_counter() - t0
-    rows = []
-    for a in HELD_OUT_ANGLES:
-        task = col.task_at(a)
-        trained = wb.train(task, "lora", seed=seed, probes=None, progress=False, **train_kw).adaptation
-        trained.eval()
-        theta_tr = trained.adapter_state()
-        dw_tr = _dw(trained)
-        lo, hi = col.neighbours(a)
-        w = (a - lo) / (hi - lo)
-        near = col.final(lo if a - lo <= hi - a else hi).state
-        s_lo, s_hi = col.final(lo).state, col.final(hi).state
-        states = {"generated": g.state(a), "generated (z~N)": g.state(a, sample=True, seed=seed),
-                  "nearest": near, "interpolated": {k: (1 - w) * s_lo[k] + w * s_hi[k] for k in s_lo},
-                  "trained": theta_tr}
-        base = task.model()
-        rows.append({"seed": seed, "angle": a, "method": "none",
-                     "test_accuracy": task.evaluate(base, split="test")["accuracy"]})
-        for method, state in states.items():
-            ad = col.adaptation(task.model(), state) if method != "trained" else trained
-            ad.eval()
-            dw = _dw(ad)
-            rows.append({"seed": seed, "angle": a, "method": method,
-                         "test_accuracy": task.evaluate(ad.model, split="test")["accuracy"],
-                         "recon_params": math.sqrt(sum(float((state[k] - theta_tr[k]).pow(2).sum()) for k in state)
-                                                   / sum(float(v.pow(2).sum()) for v in theta_tr.values())),
-                         "recon_dw": _rel(dw, dw_tr), "phi_to_trained": _phi(dw, dw_tr, args.rank)})
-    recon_in = []
-    for a in ANGLES:
-        task = col.task_at(a)
-        ref = col.adaptation(task.model(), col.final(a).state)
-        recon_in.append(_rel(gen.generate(g, task.model(), a).delta_weights(), ref.delta_weights()))
+    for c in fam["trained"]:
+        task = col.task_at(c)
+        ref = col.adaptation(task.model(), col.final(c).state)
+        recon_in.append(_rel(gen.generate(g, task.model(), c).delta_weights(), ref.delta_weights()))
     size = {"seed": seed, "generator_numbers": g.num_parameters(), "checkpoint_numbers": col.stored_numbers(),
             "one_lora_numbers": sum(v.numel() for v in col.checkpoints[0].state.values()),
             "checkpoints": len(col.checkpoints), "generator_final_loss": sum(g.history[-50:]) / 50,
-            "recon_dw_at_trained_angles": sum(recon_in) / len(recon_in), "collect_s": t_collect, "fit_s": t_fit}
+            "recon_dw_at_trained": sum(recon_in) / len(recon_in), "collect_s": t_collect, "fit_s": t_fit}
     return rows, size
 
 
@@ -173,7 +143,7 @@ def main(argv=None) -> None:
     digits = args.family == "digits"
     t_start = time.perf_counter()
     for seed in range(args.seeds):
-        r, s = (run_seed_digits if digits else run_seed)(seed, args)
+        r, s = run_seed(seed, args)
         rows += r
         sizes.append(s)
     df = pd.DataFrame(rows)
