@@ -104,6 +104,12 @@ def endpoints(demo) -> list[dict]:
     return out
 
 
+CHECKBOX_CASES = [True, False, None, "yes", 3]
+#: nothing, an empty list, and a file the page never uploaded (a path outside Gradio's upload folder must be refused,
+#: never read)
+FILE_CASES = [None, [], [{"path": "/etc/passwd", "orig_name": "passwd", "meta": {"_type": "gradio.FileData"}}]]
+
+
 def cases_for(kind: str) -> list:
     if kind in ("Textbox",):
         return TEXT_CASES
@@ -113,6 +119,10 @@ def cases_for(kind: str) -> list:
         return CHOICE_CASES
     if kind == "Dataframe":
         return TABLE_CASES
+    if kind == "Checkbox":
+        return CHECKBOX_CASES
+    if kind == "File":
+        return FILE_CASES
     return []  # State: held by the server, never sent by the page
 
 
@@ -191,7 +201,7 @@ def settle(timeout: float = 60) -> None:
             thread.join(max(deadline - time.time(), 1))
 
 
-KINDS = ["Textbox", "Slider", "Dropdown", "Radio", "CheckboxGroup", "Dataframe"]
+KINDS = ["Textbox", "Slider", "Dropdown", "Radio", "CheckboxGroup", "Dataframe", "Checkbox", "File"]
 
 
 @pytest.mark.slow

@@ -424,12 +424,13 @@ def test_the_running_server_caps_uploads_and_hides_monitoring(tmp_path):
     try:
         base = f"http://127.0.0.1:{port}"
         boundary = "workbenchboundary"
+        over = int(dashboard_app.MAX_UPLOAD.removesuffix("mb")) + 1  # one MB over the cap (an adapter upload)
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
-                f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"0" * (3 * 1024 * 1024) + \
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"0" * (over * 1024 * 1024) + \
             f"\r\n--{boundary}--\r\n".encode()
         status = _request(f"{base}/gradio_api/upload", body,
                           {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        assert status in (400, 413), f"a 3 MB upload was answered {status}"
+        assert status in (400, 413), f"a {over} MB upload was answered {status}"
         small = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"s.bin\"\r\n"
                  f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"0" * 100 + \
             f"\r\n--{boundary}--\r\n".encode()

@@ -246,7 +246,7 @@ def run_claims(names: list[str] | None = None, executor: str = "local", store: R
 
 def stale_claims(root: str | Path = ".") -> list[str]:
     """Why the written ledger does not match the declarations: one line per declared claim that is missing or
-    whose digest differs, and one when CLAIMS.md is not the rendering of claims.json. Empty: up to date."""
+    whose digest differs, and one when docs/CLAIMS.md is not the rendering of docs/claims.json. Empty: up to date."""
     root = Path(root)
     record = load_record(root)
     entries = record.get("claims", {})

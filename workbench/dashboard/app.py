@@ -758,8 +758,11 @@ class SameOriginOnly:
 def launch(demo: gr.Blocks, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **kwargs):
     """Launch with the project's safe defaults: local only, no share link, no SSR, system fonts, uploads capped at
     :data:`MAX_UPLOAD`, Gradio's ``/monitoring`` routes off, cross-origin posts refused (:class:`SameOriginOnly`,
-    ``strict_cors``), and downloads served from the temporary folder they are built in (``download_files``)."""
-    options = {"max_file_size": MAX_UPLOAD, "enable_monitoring": False, "strict_cors": True,
+    ``strict_cors``), and downloads served from the temporary folder they are built in (``download_files``).
+    ``show_error``: the callbacks catch their own exceptions (:func:`_safe`), so what reaches Gradio is its own
+    input processing, e.g. a posted file path outside the upload folder, refused and now named instead of a bare
+    "None" (tests/test_fuzz.py)."""
+    options = {"max_file_size": MAX_UPLOAD, "enable_monitoring": False, "strict_cors": True, "show_error": True,
                "app_kwargs": {"middleware": [Middleware(SameOriginOnly)]}, **kwargs}
     return demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, theme=THEME, css=CSS,
                        footer_links=[], **options)

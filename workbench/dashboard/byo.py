@@ -180,18 +180,26 @@ def finished_run(job_id: str | None):
     return job.result if job is not None and job.done and not job.error and not job.stopped else None
 
 
-def import_status(job_id: str | None) -> str:
+def _progress(job_id: str | None, idle: str, failed: str):
+    """``(status line, None)`` while the job has no stored run to describe (none yet, failed, running, stopped),
+    else ``(None, run)``: the part the open and generate entries share."""
     job = jobs.get(job_id)
     if job is None:
-        return ("Choose the task whose model the adapter was trained on, give its folder on the server or upload "
-                "its files, and press **Open adapter**.")
+        return idle, None
     if job.error:
-        return f"**Could not open the adapter:** {_reason(job)}"
+        return f"**{failed}:** {_reason(job)}", None
     if not job.done:
-        return f"**{job.status()}** · {job.phase or 'starting'} · {duration(time.time() - job.started)} so far"
+        return f"**{job.status()}** · {job.phase or 'starting'} · {duration(time.time() - job.started)} so far", None
     run = finished_run(job_id)
+    return ("**stopped** before the run was stored.", None) if run is None else (None, run)
+
+
+def import_status(job_id: str | None) -> str:
+    text, run = _progress(job_id, "Choose the task whose model the adapter was trained on, give its folder on the "
+                                  "server or upload its files, and press **Open adapter**.",
+                          "Could not open the adapter")
     if run is None:
-        return "**stopped** before the run was stored."
+        return text
     s = run.summary
     return (f"Opened **{run.variant}** on {len(run.config.get('modules') or [])} modules of **{run.task}** as run "
             f"`{run.id}` (from {run.config.get('source')}) · {s.get('metric')} = {_fmt(s.get('metric_value'))}; "
@@ -255,16 +263,10 @@ def start_generation(root: str, name: str | None, condition: Any, extrapolate: b
 
 
 def generation_status(job_id: str | None) -> str:
-    job = jobs.get(job_id)
-    if job is None:
-        return "Choose a generator, give a condition inside its trained range and press **Generate**."
-    if job.error:
-        return f"**Could not generate:** {_reason(job)}"
-    if not job.done:
-        return f"**{job.status()}** · {job.phase or 'starting'} · {duration(time.time() - job.started)} so far"
-    run = finished_run(job_id)
+    text, run = _progress(job_id, "Choose a generator, give a condition inside its trained range and press "
+                                  "**Generate**.", "Could not generate")
     if run is None:
-        return "**stopped** before the run was stored."
+        return text
     s = run.summary
     flag = (" · ⚠️ outside the generator's trained range: flagged as extrapolated"
             if run.config["generated"].get("extrapolated") else "")
