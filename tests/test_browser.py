@@ -429,31 +429,3 @@ def test_a_generated_lora_opens_in_inspect(server, page):
     page.wait_for_timeout(800)
     shot(page, "inspect-generated")
 
-
-def test_learn_shows_a_variants_claim_and_reruns_it(server, page):
-    """Issue 25: the Learn tab lists the chosen variant's claims with the ledger's recorded verdicts, and Rerun
-    trains the claim's arms live and draws the per-seed values and the effect with its verdict."""
-    from workbench.claims import claims_for
-    from workbench.dashboard.claims_view import LEDGER_ROOT
-
-    [(claim, entry)] = claims_for("lora-sb", LEDGER_ROOT)
-    assert entry is not None, "the ledger has no current verdict for lora-sb's claim: run `workbench claims`"
-    page.goto(server[0])
-    page.get_by_text("Freeze W0 and learn a rank-r update").wait_for(timeout=20_000)
-    pick(page, "variant", "lora-sb")
-    claims = page.locator("#learn-claims")
-    claims.get_by_text(claim.name).wait_for(timeout=20_000)
-    assert entry["verdict"] in claims.inner_text()
-    shot(page, "learn-claims", full_page=True)
-    t0 = time.perf_counter()
-    page.get_by_role("button", name="Rerun this claim live").click()
-    status = page.locator("#learn-claim-status")
-    status.get_by_text("rerun here").wait_for(timeout=120_000)
-    took = time.perf_counter() - t0
-    text = status.inner_text()
-    assert any(v in text for v in ("reproduces", "does not reproduce", "inconclusive")), text
-    points = page.locator("#learn-claim-plot").evaluate(
-        "el => { const gd = el.querySelector('.js-plotly-plot');"
-        " return gd && gd._fullData ? gd._fullData.map(t => t.y ? t.y.length : 0) : null; }")
-    print(f"\nclaim {claim.name} rerun in the browser: {took:.1f} s, {text!r}")
-    assert points and points[:2] == [claim.seeds, claim.seeds], points  # each arm's value on every seed

@@ -4,6 +4,10 @@ ledger recorded, and a live rerun of one claim as a background job with its figu
 Everything shown comes from :mod:`workbench.claims`: :func:`~workbench.claims.claims_for` reads the declarations and
 ``docs/claims.json`` (a verdict recorded for another declaration is shown as stale, never as current), and the rerun
 is :func:`~workbench.claims.rerun`, the same experiment ``workbench claims NAME`` runs, without writing the ledger.
+
+Not wired into the page yet: with these views in the Learn tab (a Markdown, a dropdown, a Rerun button, a plot and
+a timer active only during a rerun), tests/test_browser.py's SoRA test failed on every run here (the Train tab's
+allocation heatmap was first drawn after its 2.4-s run ended) and passed without them; the cause is not found yet.
 """
 
 from __future__ import annotations
