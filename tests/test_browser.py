@@ -428,4 +428,3 @@ def test_a_generated_lora_opens_in_inspect(server, page):
     print(f"\ngenerated LoRA shown in Inspect {time.perf_counter() - t0:.2f} s after pressing Generate")
     page.wait_for_timeout(800)
     shot(page, "inspect-generated")
-

@@ -6,7 +6,7 @@ Everything shown comes from :mod:`workbench.claims`: :func:`~workbench.claims.cl
 is :func:`~workbench.claims.rerun`, the same experiment ``workbench claims NAME`` runs, without writing the ledger.
 
 Not wired into the page yet: with these views in the Learn tab (a Markdown, a dropdown, a Rerun button, a plot and
-a timer active only during a rerun), tests/test_browser.py's SoRA test failed on every run here (the Train tab's
+a timer active only during a rerun), tests/test_browser.py's SoRA test failed on 4 of 5 runs here (the Train tab's
 allocation heatmap was first drawn after its 2.4-s run ended) and passed without them; the cause is not found yet.
 """
 
