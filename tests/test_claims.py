@@ -201,3 +201,85 @@ def test_claims_for_gives_the_learn_tab_each_claim_with_its_verdict(tmp_path, mo
     assert claim is one and entry["verdict"] == C.REPRODUCES and entry["values"] == {A: [0.1, 0.2, 0.3],
                                                                                       B: [0.5, 0.6, 0.7]}
     assert R.claims_for("dora", tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ non-inferiority margin (two arms)
+
+
+def test_a_margin_shifts_the_effect_towards_the_claimed_side_and_can_decide_the_verdict():
+    a, b = np.array([0.86, 0.90, 0.87, 0.88]), np.array([0.87, 0.88, 0.875, 0.87])  # a − b noisy around 0
+    plain = C.decide(a, b, direction="greater")
+    shifted = C.decide(a, b, direction="greater", margin=0.05)
+    assert plain.verdict == C.INCONCLUSIVE and shifted.verdict == C.REPRODUCES
+    assert shifted.effect == pytest.approx(float(np.mean(a - b)) + 0.05)  # the recorded effect includes the margin
+    assert (shifted.low, shifted.high) == pytest.approx((plain.low + 0.05, plain.high + 0.05))
+    # "less" (a lower-is-better statistic): a may be higher than b by less than the margin
+    less = C.decide(b, a, direction="less", margin=0.05)
+    assert less.verdict == C.REPRODUCES and less.effect == pytest.approx(float(np.mean(b - a)) - 0.05)
+    # a margin too small for the gap leaves it failing
+    assert C.decide(a - 0.2, b, direction="greater", margin=0.05).verdict == C.DOES_NOT_REPRODUCE
+    with pytest.raises(ConfigError, match="margin=0.1 is invalid; a margin needs two arms"):
+        C.decide(a, direction="greater", threshold=0.5, margin=0.1)
+    with pytest.raises(ConfigError, match=r"margin=-0.1 is invalid; margin must be a finite number ≥ 0"):
+        C.decide(a, b, direction="greater", margin=-0.1)
+
+
+def test_a_margin_claim_end_to_end_records_and_renders_the_margin(tmp_path, monkeypatch):
+    a, b = [0.86, 0.90, 0.87, 0.88], [0.87, 0.88, 0.875, 0.87]
+    without = C.run_claim(fake_claim(a, b, direction="greater"))
+    claim = fake_claim(a, b, direction="greater", margin=0.05)
+    result = C.run_claim(claim)
+    assert (without.verdict.verdict, result.verdict.verdict) == (C.INCONCLUSIVE, C.REPRODUCES)
+    rec = result.record()
+    assert rec["margin"] == 0.05 and rec["effect_value"] == pytest.approx(np.mean(np.subtract(a, b)) + 0.05)
+    assert rec["effect"] == f"test-table({A}) − test-table({B}) > −0.05"
+    assert fake_claim(a, b, margin=0.05).describe_effect() == f"test-table({A}) − test-table({B}) < 0.05"
+    monkeypatch.setattr(R, "declared", lambda: [claim])
+    R.write_ledger([result], tmp_path)
+    text = (tmp_path / R.LEDGER_MD).read_text()
+    assert "> −0.05 (non-inferiority margin 0.05, stated in advance)" in text and R.stale_claims(tmp_path) == []
+
+
+def test_margin_is_two_arm_only_and_new_fields_keep_old_digests():
+    with pytest.raises(ConfigError, match="margin=0.05 is invalid; a margin needs two arms"):
+        Claim(name="one", arms={"a": (A, {})}, threshold=0.5, margin=0.05)
+    with pytest.raises(ConfigError, match=r"margin=-0.05 is invalid; margin must be"):
+        fake_claim([1, 2], [2, 3], margin=-0.05)
+    # the fields added later are left out of the digest at their defaults: claims declared before keep their verdicts
+    rec = fake_claim([1, 2], [2, 3]).record()
+    assert not {"margin", "experiment", "experiment_options"} & set(rec)
+    assert "margin" in fake_claim([1, 2], [2, 3], margin=0.01).record()
+
+
+# ----------------------------------------------------------------------------------------- registered experiments
+
+
+@C.register_experiment("test-experiment", "constructed values per arm and seed, no training (tests only)")
+def _experiment(claim, seed, table):
+    return {k: table[k][seed] for k in claim.arms}
+
+
+def test_a_claim_with_an_experiment_runs_it_per_seed_instead_of_training(tmp_path, monkeypatch):
+    table = {"a": [0.1, 0.2, 0.15], "b": [0.3, 0.41, 0.36]}
+    claim = fake_claim([0, 0, 0], [0, 0, 0], statistic_options={}, experiment="test-experiment",
+                       experiment_options={"table": table}, task="")
+    result = C.run_claim(claim)
+    assert result.values == table and result.runs == {} and result.verdict.verdict == C.REPRODUCES
+    assert claim.describe_effect() == f"test-experiment({A}) − test-experiment({B}) < 0"
+    rec = result.record()
+    assert rec["experiment"] == "test-experiment" and rec["experiment_options"] == {"table": table}
+    monkeypatch.setattr(R, "declared", lambda: [claim])
+    R.write_ledger([result], tmp_path)
+    assert "- experiment `test-experiment` (options {'table':" in (tmp_path / R.LEDGER_MD).read_text()
+    with pytest.raises(ConfigError, match="experiment='nope' is invalid; experiment must be one of"):
+        fake_claim([1, 2], [2, 3], experiment="nope").check_names()
+    with pytest.raises(ConfigError, match="experiment_options=.* is invalid without an experiment"):
+        fake_claim([1, 2], [2, 3], experiment_options={"x": 1})
+
+
+def test_the_polynomial_approximates_attention_below_the_threshold_and_not_above():
+    from workbench.probes.limits import taylor_attention_error
+
+    below, above = (taylor_attention_error(g, seq_len=256, seed=1) for g in (0.5, 2.0))
+    assert below < 1e-3 < 0.05 < above
+    assert taylor_attention_error(0.5, seq_len=256, seed=1) == below  # the seed fixes the draw

@@ -10,6 +10,17 @@ finished run (:mod:`workbench.claims.statistics`), the claimed direction of the 
   seed trains both arms), claimed ``"greater"`` or ``"less"`` than 0;
 * one arm ``a``: the effect is d_s = stat(a, s) − ``threshold``, claimed ``"greater"`` or ``"less"`` than 0.
 
+A two-arm claim of *non-inferiority* ("a matches b with fewer parameters") states a ``margin`` m ≥ 0 in advance:
+the effect is d_s = stat(a, s) − stat(b, s) + m claimed ``"greater"`` than 0 (a is worse than b by less than m), or
+d_s = stat(a, s) − stat(b, s) − m claimed ``"less"`` (a is higher than b by less than m, for a lower-is-better
+statistic); ``threshold`` stays one-arm only.
+
+A claim whose experiment is not "train each arm once per seed and read a statistic" (a sequence of stages, a
+generator fitted on many runs, a computation with no training) names a registered ``experiment``
+(:mod:`workbench.claims.experiments`) instead: ``fn(claim, seed, **experiment_options)`` returns both arms' values
+for that seed, and ``statistic`` is then unused. The arms still name what is compared (their ``config`` and
+``settings`` are what the experiment reads).
+
 The declaration's :meth:`Claim.digest` (a hash of every field) is recorded with each verdict, so a ledger written
 for another declaration is stale (``tests/test_claims.py``).
 """
@@ -74,6 +85,11 @@ class Claim:
     statistic_options: dict = param({}, help="keyword options of the statistic")
     direction: str = param("less", choices=DIRECTIONS, help="the claimed sign of a − b (or of a − threshold)")
     threshold: float | None = param(None, help="with one arm: the value the statistic is claimed to beat")
+    margin: float = param(0.0, low=0.0, help="with two arms: the non-inferiority margin, stated in advance (a may "
+                                             "be worse than b by less than this)")
+    experiment: str = param("", help="a registered experiment run per seed instead of training the arms and reading "
+                                     "the statistic (empty: train and read)")
+    experiment_options: dict = param({}, help="keyword options of the experiment")
     seeds: int = param(3, low=2, high=20, help="training seeds per arm (0 … seeds−1, the same for every arm)")
     test: str = param("paired-t", choices=TESTS, help="paired t-test over seeds, or a bootstrap interval of the "
                                                        "mean difference")
@@ -95,36 +111,65 @@ class Claim:
         if (len(keys) == 1) != (self.threshold is not None):
             raise ConfigError(f"claim {self.name}: threshold={self.threshold!r} is invalid; a one-arm claim needs a "
                               f"threshold and a two-arm claim must not have one")
+        if self.margin and len(keys) == 1:
+            raise ConfigError(f"claim {self.name}: margin={self.margin!r} is invalid; a margin needs two arms (a "
+                              f"one-arm claim states its threshold instead)")
+        if self.experiment_options and not self.experiment:
+            raise ConfigError(f"claim {self.name}: experiment_options={self.experiment_options!r} is invalid without "
+                              f"an experiment; name a registered experiment or leave them empty")
 
     def check_names(self) -> None:
         """The arms' variants and recipes and the statistic exist (checked by the registry, not at declaration:
         the declarations are imported while the variants are still registering)."""
         from ..recipes import get_recipe
         from ..variant import get_variant
+        from .experiments import get_experiment
         from .statistics import get_statistic
 
         for arm in self.arms.values():
             get_variant(arm.variant)
             if "recipe" in arm.settings:
                 get_recipe(arm.settings["recipe"])
-        get_statistic(self.statistic)
+        if self.experiment:
+            get_experiment(self.experiment)
+        else:
+            get_statistic(self.statistic)
 
     @property
     def two_armed(self) -> bool:
         return "b" in self.arms
 
+    @property
+    def quantity(self) -> str:
+        """What is compared: the experiment's name when the claim runs one, else the statistic's."""
+        return self.experiment or self.statistic
+
+    @property
+    def signed_margin(self) -> float:
+        """The shift added to every a − b: +margin for "greater", −margin for "less" (see the module docstring)."""
+        return self.margin if self.direction == "greater" else -self.margin
+
     def describe_effect(self) -> str:
-        """The claimed inequality in words, e.g. ``rel_error(loca) − rel_error(fourierft) < 0``."""
+        """The claimed inequality in words, e.g. ``rel_error(loca) − rel_error(fourierft) < 0``, or with a margin
+        ``metric(vera) − metric(lora) > −0.05``."""
         sign = ">" if self.direction == "greater" else "<"
-        a = f"{self.statistic}({self.arms['a'].name})"
+        a = f"{self.quantity}({self.arms['a'].name})"
         if self.two_armed:
-            return f"{a} − {self.statistic}({self.arms['b'].name}) {sign} 0"
+            bound = f"{-self.signed_margin:g}".replace("-", "−") if self.margin else "0"
+            return f"{a} − {self.quantity}({self.arms['b'].name}) {sign} {bound}"
         return f"{a} {sign} {self.threshold:g}"
+
+    #: fields added after the first ledger was written, left out of :meth:`record` at their defaults so that the
+    #: digests (and verdicts) of the claims declared before them stay valid
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"margin": 0.0, "experiment": "", "experiment_options": {}}
 
     def record(self) -> dict[str, Any]:
         """The declaration as JSON-able data (what :meth:`digest` hashes)."""
         out = asdict(self)
         out["arms"] = {k: asdict(v) for k, v in self.arms.items()}
+        for k, default in self.LATER_FIELDS.items():
+            if out[k] == default:
+                del out[k]
         return out
 
     def digest(self) -> str:

@@ -1,7 +1,9 @@
 """The verdict of a claim from its per-seed numbers: pure functions, no training.
 
 The effect is the paired difference d_s = x_a(s) − x_b(s) over the seeds s (the same seed trains both arms), or
-d_s = x_a(s) − threshold for a one-arm claim. With claimed direction "greater" (resp. "less"), the one-sided test of
+d_s = x_a(s) − threshold for a one-arm claim; a two-arm non-inferiority claim adds its signed margin to every
+difference (d_s = x_a(s) − x_b(s) + m for "greater", − m for "less", ``Claim.margin``), so the effect tested and
+reported is the margin-shifted one. With claimed direction "greater" (resp. "less"), the one-sided test of
 H0: E[d] ≤ 0 (resp. ≥ 0) at level α decides:
 
 * **reproduces**: the one-sided (1 − α) confidence bound lies on the claimed side of 0 (p < α);
@@ -100,9 +102,10 @@ def _bootstrap(d: np.ndarray, direction: str, alpha: float, seed: int) -> tuple[
 
 
 def decide(a: Sequence[float], b: Sequence[float] | None = None, *, direction: str, test: str = "paired-t",
-           alpha: float = 0.05, threshold: float | None = None, seed: int = 0) -> Verdict:
-    """The verdict on the per-seed values ``a`` (and ``b``), see the module docstring. Fewer than two usable
-    pairs (too many diverged runs) is *inconclusive*: nothing can be tested."""
+           alpha: float = 0.05, threshold: float | None = None, margin: float = 0.0, seed: int = 0) -> Verdict:
+    """The verdict on the per-seed values ``a`` (and ``b``), see the module docstring; ``margin`` ≥ 0 (two arms
+    only) shifts every difference towards the claimed side. Fewer than two usable pairs (too many diverged runs)
+    is *inconclusive*: nothing can be tested."""
     if direction not in DIRECTIONS:
         raise ConfigError(f"claim: direction={direction!r} is invalid; direction must be one of "
                           f"{', '.join(map(repr, DIRECTIONS))}")
@@ -110,7 +113,11 @@ def decide(a: Sequence[float], b: Sequence[float] | None = None, *, direction: s
         raise ConfigError(f"claim: test={test!r} is invalid; test must be one of {', '.join(map(repr, TESTS))}")
     if not (0 < alpha <= 0.5):
         raise ConfigError(f"claim: alpha={alpha!r} is invalid; alpha must be a number in (0, 0.5]")
-    d = differences(a, b, threshold)
+    if not (margin >= 0 and math.isfinite(margin)):
+        raise ConfigError(f"claim: margin={margin!r} is invalid; margin must be a finite number ≥ 0")
+    if margin and b is None:
+        raise ConfigError(f"claim: margin={margin!r} is invalid; a margin needs two arms")
+    d = differences(a, b, threshold) + (margin if direction == "greater" else -margin)
     nan = math.nan
     if len(d) < 2:
         return Verdict(INCONCLUSIVE, float(d.mean()) if len(d) else nan, nan, nan, nan, nan, test, alpha, len(d),

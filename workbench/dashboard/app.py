@@ -33,7 +33,7 @@ from .. import figures  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..recipes import recipe_names  # noqa: E402
 from ..tasks.base import restrict_paths  # noqa: E402
-from . import byo  # noqa: E402
+from . import byo, claims_view  # noqa: E402
 from . import callbacks as cb  # noqa: E402
 from .arguments import DEFAULT_HOST, DEFAULT_PORT, add_arguments  # noqa: E402
 from .learn import recipe_card  # noqa: E402
@@ -312,6 +312,14 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                                            label="optimizer recipe (how an adapter is trained, not its shape)",
                                            elem_id="learn-recipe")
                 learn_recipe_md = gr.Markdown(elem_classes="recipe-card", elem_id="learn-recipe-card")
+                learn_claims_md = gr.Markdown(elem_id="learn-claims")
+                with gr.Row():
+                    learn_claim = gr.Dropdown([], label="claim to rerun", elem_id="learn-claim")
+                    claim_btn = gr.Button("Rerun this claim live", elem_id="learn-claim-rerun")
+                claim_status = gr.Markdown(elem_classes="status", elem_id="learn-claim-status")
+                claim_plot = captioned_plot("the claim: per-seed values and effect", "claim_seeds",
+                                            elem_id="learn-claim-plot")
+                claim_job = gr.State(None)
                 demo_btn = gr.Button("Watch a 10-second demo on synthetic:lowrank", variant="primary")
                 demo_status = gr.Markdown(elem_classes="status")
                 demo_config = gr.Markdown(elem_id="demo-config")
@@ -487,6 +495,18 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
         learn_recipe.change(_safe(lambda name: "" if name in (None, "none") else recipe_card(name), 1), learn_recipe,
                             learn_recipe_md)
         demo_btn.click(_owned(cb.start_demo, 1), learn_variant, demo_job)
+
+        def on_claims(variant_name, recipe_name):  # the claims of the variant's and the recipe's papers
+            choices = claims_view.claim_choices(variant_name, recipe_name)
+            return (claims_view.claims_section(variant_name, recipe_name),
+                    gr.update(choices=choices, value=choices[0] if choices else None))
+
+        for trigger in (demo.load, learn_variant.change, learn_recipe.change):
+            trigger(_safe(on_claims, 2), [learn_variant, learn_recipe], [learn_claims_md, learn_claim])
+        # the rerun streams its own progress (a generator) instead of adding a handler to the shared timer, whose
+        # every extra listener costs each tick a round trip while the other tabs train
+        claim_btn.click(_owned(claims_view.start_claim, 1), learn_claim, claim_job).then(
+            claims_view.follow, claim_job, [claim_status, claim_plot], show_progress="hidden")
 
         def poll_demo(job_id, seen):
             version = cb.job_version(job_id)

@@ -5,13 +5,16 @@ Everything shown comes from :mod:`workbench.claims`: :func:`~workbench.claims.cl
 ``docs/claims.json`` (a verdict recorded for another declaration is shown as stale, never as current), and the rerun
 is :func:`~workbench.claims.rerun`, the same experiment ``workbench claims NAME`` runs, without writing the ledger.
 
-Not wired into the page yet: with these views in the Learn tab (a Markdown, a dropdown, a Rerun button, a plot and
-a timer active only during a rerun), tests/test_browser.py's SoRA test failed on 4 of 5 runs here (the Train tab's
-allocation heatmap was first drawn after its 2.4-s run ended) and passed without them; the cause is not found yet.
+The rerun's progress reaches the page through :func:`follow`, a generator streamed by the Rerun button's own
+event, not through the shared ``gr.Timer``: with one more listener on that timer (it fires every listener each
+0.3 s), tests/test_browser.py's SoRA test, whose 400-step run lasts about 2 s, saw its allocation heatmap drawn only
+after the run on 4 of 5 runs.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import figures
@@ -20,7 +23,7 @@ from ..claims.runner import LEDGER_MD
 from ..errors import ConfigError
 from . import jobs
 
-__all__ = ["LEDGER_ROOT", "claims_section", "claim_choices", "start_claim", "claim_view"]
+__all__ = ["LEDGER_ROOT", "claims_section", "claim_choices", "start_claim", "claim_view", "follow"]
 
 #: the repository whose docs/claims.json the tab reads (a wheel without docs/ shows every claim as not run)
 LEDGER_ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +70,7 @@ def start_claim(name: str | None, owner: str | None = None) -> str:
     if not name:
         raise ConfigError("claim: choose a claim to rerun (the variant's claims are listed above)")
     claim = get_claim(name)
-    steps = int(claim.settings.get("steps", 0)) or None
+    steps = None if claim.experiment else int(claim.settings.get("steps", 0)) or None  # an experiment: no ETA
 
     def work(job):
         if steps:
@@ -99,3 +102,20 @@ def claim_view(job_id: str | None) -> tuple[str, object]:
     return (f"**{v.verdict}** · mean effect {_fmt(v.effect)} [{_fmt(v.low)}, {_fmt(v.high)}], p = {_fmt(v.p)} "
             f"({v.test}, {v.n} seeds) · {result.wall_s:.0f} s · rerun here, not written to the ledger",
             result.figure())
+
+
+def follow(job_id: str | None, poll: float = 0.3) -> Iterator[tuple[str, object]]:
+    """Yield :func:`claim_view` of the rerun each time its job changes (:func:`~.callbacks.job_version`), until it
+    has ended (the last yield is the verdict); nothing for no job (a Rerun that was refused)."""
+    from .callbacks import job_version
+
+    seen = None
+    while (job := jobs.get(job_id)) is not None:
+        done = job.done  # read before the view: once it is True, the view drawn after it is final
+        key = (done, job_version(job_id))
+        if key != seen:
+            seen = key
+            yield claim_view(job_id)
+        if done:
+            return
+        time.sleep(poll)

@@ -49,6 +49,7 @@ the full adaptation and the norm-based phase transition).
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -165,3 +166,39 @@ def _spectral_norm(w: torch.Tensor, label: str) -> float:
     if min(w.shape) <= EXACT_SIDE:
         return float(torch.linalg.matrix_norm(w, 2))
     return float(top_svd(w, 1, label=f"{label}:norm")[1][0])
+
+
+# ----------------------------------------------------------------------------------- the mechanism, no training
+
+
+def taylor_attention_error(gamma_factor: float, *, seq_len: int = 1024, dim: int | None = None, degree: int = 4,
+                           seed: int = 0) -> float:
+    """How well a fixed-degree polynomial approximates the attention matrix at an entry bound Γ = ``gamma_factor``
+    · √(ln L): the mechanism behind the efficient regime of Hu et al. (Thm 3.1), taken from Alman & Song (2023).
+
+    Draws X ∈ R^{L×d} and W_Q, W_K ∈ R^{d×d} (standard normal, from ``seed``), with d = ``dim`` or ⌈log₂ L⌉ (the
+    theorems' d = O(log L)), scales Q = X W_Q and K = X W_K so that ‖Q‖_max = ‖K‖_max = Γ exactly, and compares
+    A = exp(QKᵀ/d) (Alman & Song's convention, every logit then within ±Γ²) with the entrywise Taylor polynomial
+    Â = Σ_{k ≤ degree} (QKᵀ/d)^k / k!, the low-rank factorisable surrogate (rank ≤ C(d + degree, degree)) whose
+    accuracy the almost-linear algorithm needs. Returns ‖Â − A‖_max / ‖A‖_max. Below the threshold (Γ = o(√ln L))
+    the logits stay small and a low degree suffices; above it the same degree misses the largest entries. This
+    measures the approximation, not the SETH lower bound (Thm 4.1), which no experiment can test."""
+    from ..errors import ConfigError
+
+    if not (gamma_factor > 0 and math.isfinite(gamma_factor)):
+        raise ConfigError(f"taylor_attention_error: gamma_factor={gamma_factor!r} is invalid; gamma_factor must be a "
+                          f"finite number > 0")
+    if seq_len < 2:
+        raise ConfigError(f"taylor_attention_error: seq_len={seq_len!r} is invalid; seq_len must be an integer ≥ 2")
+    if degree < 0:
+        raise ConfigError(f"taylor_attention_error: degree={degree!r} is invalid; degree must be an integer ≥ 0")
+    d = dim or math.ceil(math.log2(seq_len))
+    gen = torch.Generator().manual_seed(int(seed))
+    x = torch.randn(seq_len, d, generator=gen, dtype=torch.float64)
+    q, k = (x @ torch.randn(d, d, generator=gen, dtype=torch.float64) for _ in range(2))
+    gamma = gamma_factor * math.sqrt(math.log(seq_len))
+    q, k = q * (gamma / q.abs().max()), k * (gamma / k.abs().max())
+    logits = q @ k.t() / d
+    exact = logits.exp()
+    approx = sum(logits.pow(i) / math.factorial(i) for i in range(degree + 1))
+    return float((approx - exact).abs().max() / exact.abs().max())

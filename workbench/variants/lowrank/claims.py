@@ -1,5 +1,6 @@
-"""Claims of the low-rank papers (PiSSA, DoRA, LoRA against full fine-tuning), as data for the ledger
-(:mod:`workbench.claims`)."""
+"""Claims of the low-rank papers (PiSSA, DoRA, LoRA against full fine-tuning) and of two papers about plain LoRA
+(ICM-LoRA's generated adapters, Hu et al.'s computational limits), as data for the ledger (:mod:`workbench.claims`).
+The last two run registered experiments (:mod:`workbench.claims.experiments`), not one training per arm."""
 
 from ...claims.claim import Arm, Claim
 
@@ -30,4 +31,34 @@ CLAIMS = (
                "summed over the ViT's adapted modules. On the synthetic tasks W0's closely spaced spectrum "
                "(1.5 → 0.5 over 64 values) lets any update rotate its singular vectors, so both arms show "
                "'intruders' there (LoRA 9, full 11 at 200 steps): a pretrained model is needed."),
+    Claim(name="icm-lora-generates-held-out-loras", variant="lora",
+          statement="ICM-LoRA's conditional VAE, fitted on the checkpoints of LoRAs trained at some conditions, "
+                    "generates for a held-out condition a LoRA closer to the one trained there than any stored "
+                    "checkpoint.",
+          source="Shao et al. (ICM-LoRA), IJCAI 2025, §4, Tables 1-3", task="synthetic-family:path",
+          task_options={"dim": 16, "rank": 2, "path": "rotate"},
+          arms={"a": Arm("lora", {"method": "generated"}, label="generated"),
+                "b": Arm("lora", {"method": "nearest"}, label="nearest checkpoint")},
+          experiment="icm-lora-held-out", experiment_options={"column": "recon_dw", "steps": 200, "gen_steps": 1500},
+          direction="less",
+          note="per seed, bench/icm_lora.py's run (workbench.generate.heldout): LoRAs r = 2 trained 200 steps at t = "
+               "0, 1/6, ..., 1 (last 4 checkpoints each, 28 in all), a small MLP-CVAE fitted 1,500 steps, and at "
+               "the held-out t = 1/12, 5/12, 9/12 the relative distance ‖ΔW − ΔW_trained‖_F / ‖ΔW_trained‖_F to "
+               "a LoRA trained at t (same seed), averaged over the three; generated at z = 0 against the final "
+               "checkpoint of the nearest trained condition. Not the paper's Florence-2 / LLM scale."),
+    Claim(name="attention-polynomial-fails-above-sqrt-log-l", variant="lora",
+          statement="LoRA's gradients on attention can be approximated in almost-linear time only while the "
+                    "entries of XW_Q and XW_K stay below √(log L): there a low-degree polynomial approximates "
+                    "exp(QKᵀ), above it no such algorithm exists (under SETH).",
+          source="Hu, Su, Kuo, Song, Liu, ICLR 2025, Thm 3.1 (efficient regime) and Thm 4.1 (hardness)", task="",
+          arms={"a": Arm("lora", {"gamma_factor": 0.5}, label="Γ=0.5·√ln L"),
+                "b": Arm("lora", {"gamma_factor": 2.0}, label="Γ=2·√ln L")},
+          experiment="attention-polynomial-error", experiment_options={"seq_len": 1024, "degree": 4},
+          direction="less", seeds=10,
+          note="no training, so 10 seeds (0.1 s each; the error above the threshold varies widely between draws): "
+               "per seed X ∈ R^{L×d} and W_Q, W_K (L = 1024, d = ⌈log₂ L⌉ = 10, standard normal from "
+               "the seed), scaled so that max|XW_Q| = max|XW_K| = Γ, and the degree-4 Taylor polynomial of exp "
+               "against A = exp(QKᵀ/d), error ‖Â − A‖_max / ‖A‖_max (workbench.probes.limits."
+               "taylor_attention_error). This tests the approximation mechanism behind Thm 3.1 (Alman & Song's "
+               "polynomial method), not the SETH lower bound of Thm 4.1, which no experiment can test."),
 )

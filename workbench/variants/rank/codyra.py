@@ -97,8 +97,10 @@ class CoDyRA(Variant):
         shrink_([layer.gate for _, layer in adaptation.named_layers()], kappa, self.config.shrink)
 
 
-def train_continual(stages, variant: str, *, steps: int, lr: float, seed: int = 0, **config) -> pd.DataFrame:
-    """Train ``variant`` on each stage in turn, merging after each; one row per stage with accuracy on all stages."""
+def train_continual(stages, variant: str, *, steps: int, lr: float, seed: int = 0, split: str = "val",
+                    **config) -> pd.DataFrame:
+    """Train ``variant`` on each stage in turn, merging after each; one row per stage with accuracy on all stages
+    (on ``split``: "val", or "test" for reporting, as the claims ledger does)."""
     from ...train import train
 
     model, rows = None, []
@@ -106,7 +108,7 @@ def train_continual(stages, variant: str, *, steps: int, lr: float, seed: int = 
         run = train(stage, variant, steps=steps, lr=lr, seed=seed, model=model, probes=(), progress=False, **config)
         active = sum(float(layer.inspect().get("rank", float("nan"))) for _, layer in run.adaptation.named_layers())
         model = run.adaptation.merge_and_unload()
-        scores = stages[-1].evaluate(model)
+        scores = stages[-1].evaluate(model, split=split)
         rows.append({"variant": variant, "after_stage": stage.current, "active_ranks": active,
                      **{k: v for k, v in scores.items() if k.startswith("accuracy/")}})
     return pd.DataFrame(rows)
