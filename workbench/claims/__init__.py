@@ -2,8 +2,8 @@
 experiment with paired seeds, decided by a declared test, and written to ``docs/CLAIMS.md`` / ``docs/claims.json``.
 
 A claim that does not fit "train each arm, read a statistic" names a registered experiment
-(:mod:`workbench.claims.experiments`). ``workbench claims [NAME...]`` runs them; :func:`claims_for` and
-:func:`rerun` serve the dashboard's Learn tab.
+(:mod:`workbench.claims.experiments`). ``workbench claims [NAME...]`` runs them; :func:`claims_markdown` and
+:func:`rerun` serve the dashboard's Learn tab and the notebooks.
 """
 
 from .claim import Arm, Claim  # noqa: F401
@@ -21,4 +21,5 @@ from .runner import (  # noqa: F401
     write_ledger,
 )
 from .statistics import get_statistic, register_statistic, statistic_names  # noqa: F401
+from .summary import LEDGER_ROOT, claims_markdown, claims_of  # noqa: F401
 from .verdict import DOES_NOT_REPRODUCE, INCONCLUSIVE, REPRODUCES, Verdict, decide  # noqa: F401

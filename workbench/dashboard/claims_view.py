@@ -18,16 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import figures
-from ..claims import claims_for, get_claim, rerun
-from ..claims.runner import LEDGER_MD
+from ..claims import get_claim, rerun
+from ..claims.summary import LEDGER_ROOT, claims_markdown, claims_of
 from ..errors import ConfigError
 from . import jobs
 
 __all__ = ["LEDGER_ROOT", "claims_section", "claim_choices", "start_claim", "claim_view", "follow"]
-
-#: the repository whose docs/claims.json the tab reads (a wheel without docs/ shows every claim as not run)
-LEDGER_ROOT = Path(__file__).resolve().parents[2]
-
 
 def _fmt(x) -> str:
     return "–" if x is None else f"{x:.3g}"
@@ -38,30 +34,15 @@ def _no_figure():
 
 
 def claims_section(*methods: str | None, root: str | Path = LEDGER_ROOT) -> str:
-    """Markdown: one row per claim of the named variants' and recipes' papers (statement, source, the tested
-    inequality, the recorded verdict with its mean effect and interval)."""
-    rows = [(c, e) for m in methods if m and m != "none" for c, e in claims_for(m, root)]
-    names = " and ".join(f"`{m}`" for m in methods if m and m != "none")
-    if not rows:
-        return (f"**Claims.** No claim of {names}'s paper is in the ledger yet; {LEDGER_MD} lists the claims tested "
-                f"(`workbench claims --list`).")
-    lines = [f"### What the paper claims, tested here ({LEDGER_MD}, `workbench claims`)", "",
-             "| claim | tested as | verdict | mean effect [interval] | seeds |", "| --- | --- | --- | --- | --- |"]
-    for claim, entry in rows:
-        if entry is None:
-            verdict, effect, seeds = "not run for this declaration", "–", str(claim.seeds)
-        else:
-            verdict = entry["verdict"]
-            effect = f"{_fmt(entry['effect_value'])} [{_fmt(entry['ci_low'])}, {_fmt(entry['ci_high'])}]"
-            seeds = str(len(entry["seeds"]))
-        lines.append(f"| `{claim.name}`: *{claim.statement}* ({claim.source}) | {claim.describe_effect()} on "
-                     f"`{claim.task}` | **{verdict}** | {effect} | {seeds} |")
-    return "\n".join(lines) + "\n\nPick a claim below and press **Rerun** to train its arms here and watch the verdict."
+    """:func:`workbench.claims.claims_markdown` of the chosen variant and recipe, with how to rerun one here."""
+    text = claims_markdown(*methods, root=root)
+    return text + ("\n\nPick a claim below and press **Rerun** to train its arms here and watch the verdict."
+                   if claim_choices(*methods, root=root) else "")
 
 
 def claim_choices(*methods: str | None, root: str | Path = LEDGER_ROOT) -> list[str]:
     """The names of the claims :func:`claims_section` shows, for the rerun dropdown."""
-    return [c.name for m in methods if m and m != "none" for c, _ in claims_for(m, root)]
+    return [c.name for c, _ in claims_of(*methods, root=root)]
 
 
 def start_claim(name: str | None, owner: str | None = None) -> str:
