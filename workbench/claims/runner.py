@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import tasks as task_registry
 from ..errors import ConfigError
 from ..runs import RunStore
@@ -51,6 +53,9 @@ class ClaimResult:
     wall_s: float
     statuses: dict[str, list[str]] = field(default_factory=dict)
     runs: dict[str, list] = field(default_factory=dict, repr=False)
+    #: torch's CPU threads while it ran: reductions are summed in another order with another count, so a claim near
+    #: its threshold can change verdict between thread counts (the ledger says which it was run with)
+    threads: int = field(default_factory=torch.get_num_threads)
 
     def record(self) -> dict[str, Any]:
         c = self.claim
@@ -61,7 +66,8 @@ class ClaimResult:
                 "arms": {k: a.name for k, a in c.arms.items()}, "seeds": self.seeds,
                 "values": {c.arms[k].name: vals for k, vals in self.values.items()}, "statuses": self.statuses,
                 "threshold": c.threshold, "margin": c.margin, "experiment": c.experiment,
-                "experiment_options": c.experiment_options, "wall_s": round(self.wall_s, 2), "note": c.note, **v,
+                "experiment_options": c.experiment_options, "wall_s": round(self.wall_s, 2), "threads": self.threads,
+                "note": c.note, **v,
                 "effect": c.describe_effect()}
 
     def figure(self):
@@ -206,7 +212,8 @@ def render_markdown(record: dict[str, Any], order: list[str] | None = None) -> s
                   f"- test: {e['test']}, α = {e['alpha']:g} one-sided, {len(e['seeds'])} seeds {e['seeds']}; "
                   f"mean effect {_fmt(e['effect_value'])}, {100 * e['confidence']:.0f}% interval "
                   f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}], p = {_fmt(e['p'])} (opposite direction "
-                  f"{_fmt(e['p_opposite'])}); wall time {_fmt(e['wall_s'])} s"]
+                  f"{_fmt(e['p_opposite'])}); wall time {_fmt(e['wall_s'])} s"
+                 + (f" on {e['threads']} CPU threads" if e.get("threads") else "")]
         for key, arm in sorted(e["arms"].items()):
             lines.append(f"- {key} = {arm}: " + ", ".join(_fmt(v) for v in e["values"].get(arm, [])))
         if e.get("note"):
