@@ -283,3 +283,8 @@ def test_the_polynomial_approximates_attention_below_the_threshold_and_not_above
     below, above = (taylor_attention_error(g, seq_len=256, seed=1) for g in (0.5, 2.0))
     assert below < 1e-3 < 0.05 < above
     assert taylor_attention_error(0.5, seq_len=256, seed=1) == below  # the seed fixes the draw
+
+
+def test_cli_refuses_a_thread_count_below_one(capsys):
+    assert main(["claims", "lora-sb-beats-lora-xs", "--threads", "0", "--root", str(ROOT)]) == 2
+    assert "--threads=0 is invalid; --threads must be an integer ≥ 1" in capsys.readouterr().err

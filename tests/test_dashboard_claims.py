@@ -46,4 +46,4 @@ def test_follow_streams_the_rerun_to_the_ledgers_verdict():
     text, fig = views[-1]
     assert f"**{entry['verdict']}**" in text and "rerun here" in text
     per_seed = [list(trace.y) for trace in fig.data[:2]]  # each arm's value on every seed, as the ledger has them
-    assert per_seed == [pytest.approx(v, rel=1e-2) for v in entry["values"].values()]
+    assert per_seed == [pytest.approx(v, rel=1e-6) for v in entry["values"].values()]

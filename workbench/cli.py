@@ -287,6 +287,13 @@ def cmd_claims(args) -> None:
             raise ConfigError("stale claims ledger: " + "; ".join(stale) + "; run `workbench claims`")
         print("the claims ledger is up to date")
         return
+    # one thread by default: with two, identical runs of LoRA-Pro's claim gave seed 0 values from 0.228 to 0.261
+    # (reductions split differently from run to run); on one, a rerun reproduces the ledger's numbers exactly
+    import torch
+
+    if args.threads < 1:
+        raise ConfigError(f"claims: --threads={args.threads} is invalid; --threads must be an integer ≥ 1")
+    torch.set_num_threads(args.threads)
     results = claims.run_claims(args.names or None, executor=args.executor, store=args.runs, root=args.root)
     print(f"wrote {Path(args.root) / claims.runner.LEDGER_MD} ({len(results)} claims run)")
 
@@ -365,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--list", action="store_true", help="list the declared claims and their recorded verdicts")
     k.add_argument("--check", action="store_true", help="run nothing; exit 2 when the ledger is stale")
     k.add_argument("--runs", default=None, help="also store the claims' runs in this folder")
+    k.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: reruns reproduce the "
+                                                           "ledger exactly; Ray's workers use one each)")
     k.add_argument("--root", default=".", help="the repository folder (holds docs/)")
     k.set_defaults(fn=cmd_claims)
 
