@@ -463,3 +463,5 @@ def test_learn_shows_a_variants_claim_and_reruns_it(server, page):
         " return gd && gd._fullData ? gd._fullData.map(t => t.y ? t.y.length : 0) : null; }")
     print(f"\nclaim {claim.name} rerun in the browser: {took:.1f} s, {text!r}")
     assert points and points[:2] == [claim.seeds, claim.seeds], points  # each arm's value on every seed
+    status.evaluate("el => el.scrollIntoView({block: 'start'})")  # the verdict line and its figure
+    shot(page, "learn-claim-rerun")

@@ -54,14 +54,14 @@ def claims_markdown(*items: str | None, root: str | Path = LEDGER_ROOT) -> str:
         return (f"**Claims.** No claim of {names}'s paper is in the ledger yet; {LEDGER_MD} lists the claims tested "
                 f"(`workbench claims --list`).")
     lines = [f"### What the paper claims, tested here ({LEDGER_MD}, `workbench claims`)", "",
-             "| claim | tested as | verdict | mean effect [interval] | seeds |", "| --- | --- | --- | --- | --- |"]
+             "| claim | tested as | verdict: mean effect [interval] |", "| --- | --- | --- |"]
     for claim, entry in rows:
         if entry is None:
-            verdict, effect, seeds = "not run for this declaration", "–", str(claim.seeds)
+            verdict = f"**not run for this declaration** ({claim.seeds} seeds declared)"
         else:
-            verdict = entry["verdict"]
-            effect = f"{_fmt(entry['effect_value'])} [{_fmt(entry['ci_low'])}, {_fmt(entry['ci_high'])}]"
-            seeds = str(len(entry["seeds"]))
-        lines.append(f"| `{claim.name}`: *{claim.statement}* ({claim.source}) | {claim.describe_effect()} on "
-                     f"`{claim.task}` | **{verdict}** | {effect} | {seeds} |")
+            verdict = (f"**{entry['verdict']}**: {_fmt(entry['effect_value'])} [{_fmt(entry['ci_low'])}, "
+                       f"{_fmt(entry['ci_high'])}] over {len(entry['seeds'])} seeds")
+        where = f" on `{claim.task}`" if claim.task else ""
+        lines.append(f"| `{claim.name}`: *{claim.statement}* ({claim.source}) | {claim.describe_effect()}{where} | "
+                     f"{verdict} |")
     return "\n".join(lines)

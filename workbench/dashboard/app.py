@@ -312,6 +312,13 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                                            label="optimizer recipe (how an adapter is trained, not its shape)",
                                            elem_id="learn-recipe")
                 learn_recipe_md = gr.Markdown(elem_classes="recipe-card", elem_id="learn-recipe-card")
+                demo_btn = gr.Button("Watch a 10-second demo on synthetic:lowrank", variant="primary")
+                demo_status = gr.Markdown(elem_classes="status")
+                demo_config = gr.Markdown(elem_id="demo-config")
+                with gr.Row():
+                    demo_loss = captioned_plot("loss", "loss_curves")
+                    demo_spectra = captioned_plot("spectrum of ΔW", "spectra")
+                demo_job, demo_seen = gr.State(None), gr.State(-1)
                 learn_claims_md = gr.Markdown(elem_id="learn-claims")
                 with gr.Row():
                     learn_claim = gr.Dropdown([], label="claim to rerun", elem_id="learn-claim")
@@ -320,13 +327,6 @@ def build_app(runs_root: str = "runs") -> gr.Blocks:
                 claim_plot = captioned_plot("the claim: per-seed values and effect", "claim_seeds",
                                             elem_id="learn-claim-plot")
                 claim_job = gr.State(None)
-                demo_btn = gr.Button("Watch a 10-second demo on synthetic:lowrank", variant="primary")
-                demo_status = gr.Markdown(elem_classes="status")
-                demo_config = gr.Markdown(elem_id="demo-config")
-                with gr.Row():
-                    demo_loss = captioned_plot("loss", "loss_curves")
-                    demo_spectra = captioned_plot("spectrum of ΔW", "spectra")
-                demo_job, demo_seen = gr.State(None), gr.State(-1)
 
             # ---- Train ---------------------------------------------------------------------------------------
             with gr.Tab("Train", id="train"):
