@@ -241,3 +241,27 @@ def test_lora_sb_starts_near_the_base_and_ends_ahead_of_lora_xs():
     assert sb.summary["init_loss"] == pytest.approx(xs.summary["init_loss"], rel=0.03)
     assert sb.summary["init_loss"] < xs.summary["init_loss"]  # one small step along −sign(G) still helps
     assert sb.summary["final_loss"] < 0.8 * xs.summary["final_loss"]
+
+
+def test_vera_dense_forward_matches_the_formula_and_keeps_dropout_on_the_factored_path():
+    """Issue 24: the layer runs x (W0 + ΔW)ᵀ + b with ΔW = Λ_b B Λ_d A (Eq. (2)) built densely; against that formula
+    written with ``torch.diag`` (outputs, ∂L/∂b, ∂L/∂d); with dropout on the adapter's input, training still takes
+    the factored path base(x) + delta_forward(x)."""
+    from conftest import assert_matches_reference
+
+    ad = wb.adapt(tiny_model(), "vera", ["0", "2"], r=16)
+    _perturb(ad)
+    for _, layer in ad.named_layers():
+        def reference(x, layer=layer):
+            a, b = ad.shared.A[:, : layer.in_features], ad.shared.B[: layer.out_features]
+            delta = torch.diag(layer.lambda_b) @ b @ torch.diag(layer.lambda_d) @ a
+            return torch.nn.functional.linear(x, layer.base.weight + delta, layer.base.bias)
+
+        x = torch.randn(3, 5, layer.in_features, generator=torch.Generator().manual_seed(5))
+        assert_matches_reference(layer, reference, [layer.lambda_b, layer.lambda_d], x)
+    dropped = wb.adapt(tiny_model(), "vera", ["0"], r=16, dropout=0.5).layer("0")
+    dropped.train()
+    calls = []
+    dropped.delta_forward = lambda x: calls.append(x) or torch.zeros(*x.shape[:-1], dropped.out_features)
+    dropped(torch.randn(2, 32))
+    assert len(calls) == 1

@@ -171,3 +171,127 @@ def test_qwha_map_is_one_sided_and_its_top_cells_are_its_locations():
         cells = set((layer.rows * wht.shape[1] + layer.cols).tolist())
         assert top == cells, f"{name}: {len(top & cells)} of {k} top cells are QWHA's locations"
         assert (name, "wht_input_side_only", 1.0) in out.records
+
+
+# ------------------------------------------------- issue 24: the fast paths compute what the formulas say
+
+
+def _dct(n: int, dtype=torch.float32) -> torch.Tensor:
+    """The orthonormal DCT-II matrix, from SciPy (C x = dct(x, norm='ortho'))."""
+    import scipy.fft
+
+    return torch.from_numpy(scipy.fft.dct(torch.eye(n, dtype=torch.float64).numpy(), norm="ortho", axis=0)).to(dtype)
+
+
+@pytest.mark.parametrize("train_locations", [False, True])
+def test_loca_fast_delta_matches_the_dense_formula_and_its_gradients(train_locations):
+    """ΔW = α C_outᵀ S C_in (Eq. (5)) built densely, S from :class:`_SparseSpectrum` (the finite-difference location
+    gradient checked above), against the layer's one-product :class:`_CosineDelta`: outputs, ∂L/∂a and, while the
+    locations train, ∂L/∂l. 200 locations on a 12×20 grid, so some coincide (duplicates add up), and two sit
+    on the clamped edges."""
+    from conftest import assert_matches_reference
+
+    from workbench.variants.frequency.loca import _SparseSpectrum
+
+    ad = wb.adapt(torch.nn.Sequential(torch.nn.Linear(20, 12)), "loca", ["0"], n=200, scaling=2.0)
+    layer = ad.layer("0")
+    with torch.no_grad():
+        layer.coefficients.normal_(generator=torch.Generator().manual_seed(0))
+        layer.locations[:, 0], layer.locations[:, 1] = 1.0, 0.0
+    layer.locations.requires_grad_(train_locations)
+    w0, bias = layer.base.weight, layer.base.bias
+    c_out, c_in = _dct(12), _dct(20)
+
+    def reference(x):
+        s = _SparseSpectrum.apply(layer.coefficients, layer.locations, 12, 20)
+        return torch.nn.functional.linear(x, w0 + 2.0 * c_out.t() @ s @ c_in, bias)
+
+    params = [layer.coefficients, layer.locations] if train_locations else [layer.coefficients]
+    x = torch.randn(3, 5, 20, generator=torch.Generator().manual_seed(1))
+    assert_matches_reference(layer, reference, params, x)
+
+
+def test_qwha_kronecker_delta_matches_the_dense_hadamard_formula():
+    """ΔW = F H⁻¹ = F Hᵀ / d_in (Eq. (3)) with the dense ±1 H, against the layer's Kronecker-factored product, on a
+    Paley width (24 = 12·2) and a split Sylvester one (128 = 16·8): outputs and ∂L/∂c of the sparse coefficients."""
+    from conftest import assert_matches_reference
+
+    from workbench.variants.frequency.qwha import hadamard
+
+    model = torch.nn.Sequential(torch.nn.Linear(24, 128), torch.nn.Tanh(), torch.nn.Linear(128, 40))
+    ad = wb.adapt(model, "qwha", ["0", "2"], r=2, bits=3, group_size=8, calib_batches=0)
+    for name, d_in in (("0", 24), ("2", 128)):
+        layer = ad.layer(name)
+        assert len(layer.hadamard_parts_list()) == 2
+        h = hadamard(d_in)
+
+        def reference(x, layer=layer, h=h):
+            f = torch.zeros(layer.out_features, layer.in_features).index_put((layer.rows, layer.cols),
+                                                                            layer.coefficients)
+            return torch.nn.functional.linear(x, layer.base.weight + f @ h.t() / h.shape[0], layer.base.bias)
+
+        x = torch.randn(3, 5, d_in, generator=torch.Generator().manual_seed(2))
+        assert_matches_reference(layer, reference, [layer.coefficients], x, atol=1e-5, rtol=1e-4)
+
+
+def _fora_reference(layer, x):
+    """FoRA's delta path written out (three spatial convolutions summed with the residual, FFT mixing), from the
+    layer's own parameters: the formula the fused single-kernel S_spa must reproduce."""
+    import torch.nn.functional as F
+
+    z = F.linear(x, layer.down).transpose(1, 2)
+    skip_side = layer._grid(x.shape[1])
+
+    def spatial(z):
+        if z.dim() == 4:
+            return z + sum(F.conv2d(z, k, padding=k.shape[-1] // 2) for k in layer.spatial)
+        return z + sum(F.conv1d(z, k[:, :, k.shape[-1] // 2], padding=k.shape[-1] // 2) for k in layer.spatial)
+
+    if skip_side is not None:
+        skip, side = skip_side
+        body = z[:, :, skip:].reshape(z.shape[0], z.shape[1], side, side)
+        body = layer._frequency(spatial(body)).flatten(2)
+        z = torch.cat([z[:, :, :skip], body], dim=2)
+    else:
+        z = layer._frequency(spatial(z))
+    return layer.base(x) + F.linear(z.transpose(1, 2), layer.up)
+
+
+@pytest.mark.parametrize("tokens", [16, 17, 12])
+def test_fora_fused_spatial_mixing_matches_the_three_convolutions(tokens):
+    """S_spa as one convolution with I + Σ pad(K_k) against z + Σ conv(z, K_k): outputs and the gradients of every
+    trainable tensor (W_e, W_d, the three spatial kernels, the spectral kernel), on a 4×4 grid, a [CLS] + 4×4 grid
+    and a 12-token sequence (1-D). In float64, so the two orders of summation agree to 1e-10."""
+    from conftest import assert_matches_reference
+
+    ad = wb.adapt(torch.nn.Sequential(torch.nn.Linear(32, 24).double()), "fora", ["0"], r=4)
+    layer = ad.layer("0")
+    with torch.no_grad():
+        layer.up.normal_(generator=torch.Generator().manual_seed(0))
+    params = [p for p in layer.parameters() if p.requires_grad]
+    assert len(params) == 6
+    x = torch.randn(2, tokens, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert_matches_reference(layer, lambda x: _fora_reference(layer, x), params, x, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 12, 384])
+def test_fft_dct_rows_are_the_orthonormal_dct_matrix_and_its_transpose(n):
+    """The FFT DCT LoCA's ΔW uses (issue 24) against SciPy's DCT-II matrix C: dct_rows(x) = C x, idct_rows(y) = Cᵀ y,
+    odd and even lengths, float64."""
+    from workbench.variants.transforms import dct_rows, idct_rows
+
+    c = _dct(n, torch.float64)
+    x = torch.randn(n, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    torch.testing.assert_close(dct_rows(x), c @ x, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(idct_rows(x), c.t() @ x, atol=1e-12, rtol=1e-12)
+
+
+def test_kron_matmul_is_the_product_with_the_kronecker_matrix():
+    """kron_matmul(x, [K₁, K₂, K₃]) = x (K₁ ⊗ K₂ ⊗ K₃)ᵀ, rectangular factors and leading batch dimensions included."""
+    from workbench.variants.transforms import kron_matmul
+
+    g = torch.Generator().manual_seed(0)
+    factors = [torch.randn(o, i, dtype=torch.float64, generator=g) for o, i in ((2, 3), (4, 4), (5, 2))]
+    x = torch.randn(3, 2, 24, dtype=torch.float64, generator=g)
+    full = torch.kron(torch.kron(factors[0], factors[1]), factors[2])
+    torch.testing.assert_close(kron_matmul(x, factors), x @ full.t(), atol=1e-12, rtol=1e-12)

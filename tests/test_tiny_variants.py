@@ -358,3 +358,25 @@ def test_tlora_learns_a_full_rank_transform_and_lowers_the_loss():
     t = run.adaptation.layer("layers.0").transform().detach()
     assert torch.linalg.matrix_rank(t - torch.eye(64)) > 8  # the transform moves W0 in many directions at once
     assert run.summary["final_loss"] < run.summary["init_loss"]
+
+
+@pytest.mark.parametrize("addition_part", ["ttv", "lora"])
+def test_tlora_kronecker_transform_matches_the_dense_w0_t(addition_part):
+    """Issue 24: with R = 1 the TRM is T = A¹ ⊗ A² ⊗ A³ and the layer applies it to W0 mode by mode; against the
+    dense x (W0 T + s Δ)ᵀ + b with T from ``torch.kron``: outputs and the gradients of every core (T's and Δ's)."""
+    from conftest import assert_matches_reference
+
+    ad = wb.adapt(tiny_model(), "tlora", ["0", "2"], cores=3, r=2, transform_rank=1, addition_part=addition_part)
+    _perturb(ad)
+    for _, layer in ad.named_layers():
+        assert len(layer.J) == 3 and layer.transform_factors() is not None
+
+        def reference(x, layer=layer):
+            a1, a2, a3 = (core[:, :, 0, 0] for core in layer.T_cores)
+            t = torch.kron(torch.kron(a1, a2), a3)
+            w = layer.base.weight @ t + layer.config.alpha / math.sqrt(layer.config.r) * layer.residual()
+            return torch.nn.functional.linear(x, w, layer.base.bias)
+
+        x = torch.randn(3, 5, layer.in_features, generator=torch.Generator().manual_seed(4))
+        params = [p for p in layer.parameters() if p.requires_grad]
+        assert_matches_reference(layer, reference, params, x)

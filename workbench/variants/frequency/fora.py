@@ -57,10 +57,26 @@ class FoRALayer(VariantLayer):
         self.freq = nn.Parameter(torch.randn(2 * r, 2 * r, 3, 3, device=dev, dtype=dt, generator=g) / (2 * r * 3))
 
     # -- the two mixers on a (batch, r, *grid) tensor ----------------------------------------------------------
+    def _spatial_kernel(self, two_d: bool) -> torch.Tensor:
+        """One kernel for all of S_spa: the 1×1, 3×3 and 5×5 kernels zero-padded to the largest size and summed, plus
+        the identity at the centre for the residual. Convolution is linear in the kernel, so
+        z + Σ_k conv(z, K_k) = conv(z, I + Σ_k pad(K_k)) exactly, and each K_k's gradient is its crop of the combined
+        kernel's: one convolution each way instead of three."""
+        size = max(k.shape[-1] for k in self.spatial)
+        if two_d:
+            kernels = [F.pad(k, [(size - k.shape[-1]) // 2] * 4) for k in self.spatial]
+        else:  # 1-D: the middle row of each kernel
+            kernels = [F.pad(k[:, :, k.shape[-1] // 2], [(size - k.shape[-1]) // 2] * 2) for k in self.spatial]
+        kernel = torch.stack(kernels).sum(0)
+        identity = torch.zeros_like(kernel, requires_grad=False)
+        identity[(slice(None), slice(None), *[size // 2] * (kernel.dim() - 2))] = torch.eye(len(kernel))
+        return kernel + identity
+
     def _spatial(self, z: torch.Tensor) -> torch.Tensor:
-        if z.dim() == 4:
-            return z + sum(F.conv2d(z, k, padding=k.shape[-1] // 2) for k in self.spatial)
-        return z + sum(F.conv1d(z, k[:, :, k.shape[-1] // 2], padding=k.shape[-1] // 2) for k in self.spatial)
+        """S_spa(z) = z + conv₁ₓ₁(z) + conv₃ₓ₃(z) + conv₅ₓ₅(z), as one convolution (:meth:`_spatial_kernel`)."""
+        kernel = self._spatial_kernel(z.dim() == 4)
+        conv = F.conv2d if z.dim() == 4 else F.conv1d
+        return conv(z, kernel, padding=kernel.shape[-1] // 2)
 
     def _frequency(self, z: torch.Tensor) -> torch.Tensor:
         dims = (-2, -1) if z.dim() == 4 else (-1,)

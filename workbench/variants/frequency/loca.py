@@ -20,8 +20,10 @@ zero except for n coefficients a_k at integer locations l_k. Unlike FourierFT, t
   changing cell in a 200-step run at 1e-4, against 243 at 1e-2), which is why the small-task presets raise
   ``loc_lr``.
 
-Cost: the layer builds ΔW once per step (two dense products with the DCT matrices, built once as buffers) and runs
-one matmul with W0 + ΔW; the DCT of the gradient comes from autograd through those same products.
+Cost: the layer builds ΔW once per step and runs one matmul with W0 + ΔW. S has n non-zeros, so S C_in is n scaled
+rows of C_in and C_outᵀ (S C_in) is an inverse DCT of its columns, by FFT; the backward's C_out (∂L/∂ΔW) is a DCT by
+FFT too, whose rows give ∂L/∂a at the locations (one product with C_inᵀ, for ∂L/∂S in full, only while the locations
+train). The DCT matrices are built once as buffers.
 The finite difference is taken on ∂L/∂S (α times the DCT of ∂L/∂ΔW), as in the official layer.
 """
 
@@ -36,6 +38,7 @@ from torch import nn
 from ... import rng
 from ...settings import Preset
 from ...variant import DenseDeltaLayer, Variant, VariantConfig, param, register
+from ..transforms import dct_rows, idct_rows
 
 PAPER = ("Du et al., 2025, LoCA: Location-Aware Cosine Adaptation for Parameter-Efficient Fine-Tuning, ICLR 2025, "
          "arXiv:2502.06820")
@@ -69,6 +72,20 @@ def grid_index(u: torch.Tensor, size: int) -> torch.Tensor:
     return torch.round(u.clamp(0.0, 0.999) * (size - 1)).long()
 
 
+def location_gradient(grad_at, coef, loc, r, c, rows: int, cols: int) -> torch.Tensor:
+    """LoCA's location gradient (Eq. (8)–(9)) from ``grad_at(rr, cc)``, ∂L/∂S at the index pairs (rr, cc): the
+    clipped central differences ½·a·(∂S[r+1, c] − ∂S[r−1, c]) (rows; columns alike) times (d − 1), zero where a
+    location is clamped. The four neighbours of every location are read in one call."""
+    n = len(coef)
+    neighbours = grad_at(torch.cat([(r + 1).clamp(max=rows - 1), (r - 1).clamp(min=0), r, r]),
+                         torch.cat([c, c, (c + 1).clamp(max=cols - 1), (c - 1).clamp(min=0)]))
+    up, down, right, left = neighbours.split(n)
+    g_row = (0.5 * coef * (up - down)).clamp(-1, 1) * (rows - 1)
+    g_col = (0.5 * coef * (right - left)).clamp(-1, 1) * (cols - 1)
+    inside = (loc >= 0) & (loc <= 0.999)
+    return torch.stack([g_row, g_col]) * inside
+
+
 class _SparseSpectrum(torch.autograd.Function):
     """S from (a, locations); its backward gives a's gradient and LoCA's finite-difference location gradient."""
 
@@ -88,13 +105,43 @@ class _SparseSpectrum(torch.autograd.Function):
         grad_coef = grad_s[r, c]
         grad_loc = None
         if ctx.needs_input_grad[1]:
-            up, down = grad_s[(r + 1).clamp(max=rows - 1), c], grad_s[(r - 1).clamp(min=0), c]
-            right, left = grad_s[r, (c + 1).clamp(max=cols - 1)], grad_s[r, (c - 1).clamp(min=0)]
-            g_row = (0.5 * coef * (up - down)).clamp(-1, 1) * (rows - 1)
-            g_col = (0.5 * coef * (right - left)).clamp(-1, 1) * (cols - 1)
-            inside = (loc >= 0) & (loc <= 0.999)
-            grad_loc = torch.stack([g_row, g_col]) * inside
+            grad_loc = location_gradient(lambda rr, cc: grad_s[rr, cc], coef, loc, r, c, rows, cols)
         return grad_coef, grad_loc, None, None
+
+
+class _CosineDelta(torch.autograd.Function):
+    """ΔW = α · C_outᵀ S(a, l) C_in (Eq. (5)) from (a, locations), with the same gradients as autograd through
+    :class:`_SparseSpectrum` and the two dense products, without any d_out·d_out·d_in product (four before):
+
+    * forward: S C_in is a sum of n scaled rows of C_in (``index_add``, n·d_in), then C_outᵀ (S C_in) is an inverse
+      DCT of its columns by FFT (:func:`idct_rows`, d_out log d_out per column);
+    * backward: M = C_out (∂L/∂ΔW) is a DCT of the columns by FFT (:func:`dct_rows`); ∂L/∂S = α·M C_inᵀ (Eq. (7))
+      is then needed only at the n locations (a's gradient: n dot products of M's rows with C_in's) or, while the
+      locations train, in full for the finite differences (:func:`location_gradient`), as the official layer takes
+      them (one d_out·d_in² product on those steps)."""
+
+    @staticmethod
+    def forward(ctx, coef, loc, rows: int, c_in, scaling: float):
+        cols = len(c_in)
+        r, c = grid_index(loc[0], rows), grid_index(loc[1], cols)
+        rows_of_c_in = (scaling * coef)[:, None] * c_in.index_select(0, c)  # α·a_k · C_in[l_k, :]
+        s_c_in = torch.zeros(rows, cols, device=coef.device, dtype=coef.dtype).index_add_(0, r, rows_of_c_in)
+        ctx.save_for_backward(coef, loc, r, c, c_in)
+        ctx.scaling, ctx.rows = scaling, rows
+        return idct_rows(s_c_in)  # C_outᵀ (S C_in)
+
+    @staticmethod
+    def backward(ctx, grad_w):
+        coef, loc, r, c, c_in = ctx.saved_tensors
+        m = dct_rows(grad_w)  # C_out ∂L/∂ΔW; ∂L/∂S = α·m C_inᵀ
+        grad_coef = grad_loc = None
+        if ctx.needs_input_grad[1]:  # finite differences read 4n more entries: form ∂L/∂S once
+            grad_s = ctx.scaling * (m @ c_in.t())
+            grad_coef = grad_s[r, c]
+            grad_loc = location_gradient(lambda rr, cc: grad_s[rr, cc], coef, loc, r, c, ctx.rows, len(c_in))
+        elif ctx.needs_input_grad[0]:
+            grad_coef = ctx.scaling * (m.index_select(0, r) * c_in.index_select(0, c)).sum(-1)
+        return grad_coef, grad_loc, None, None, None
 
 
 class LoCALayer(DenseDeltaLayer):
@@ -111,7 +158,8 @@ class LoCALayer(DenseDeltaLayer):
         return _SparseSpectrum.apply(self.coefficients, self.locations, self.out_features, self.in_features)
 
     def delta_weight(self) -> torch.Tensor:
-        return self.config.scaling * (self.C_out.t() @ self.spectrum() @ self.C_in)
+        """ΔW = α · C_outᵀ S C_in (Eq. (5)), by :class:`_CosineDelta` (S's sparsity used on both passes)."""
+        return _CosineDelta.apply(self.coefficients, self.locations, self.out_features, self.C_in, self.config.scaling)
 
     def grid_locations(self) -> torch.Tensor:
         """(n, 2) integer (row, column) positions in the DCT grid."""

@@ -48,6 +48,7 @@ from torch import nn
 
 from ...quant import nf_levels, quantize  # noqa: F401 - the shared quantizer (workbench.quant); re-exported
 from ...variant import ConfigError, DenseDeltaLayer, Variant, VariantConfig, param, register
+from ..transforms import kron_matmul
 
 PAPER = ("Jeon et al., 2025, QWHA: Quantization-Aware Walsh-Hadamard Adaptation for Parameter-Efficient Fine-Tuning on"
          " Large Language Models, arXiv:2509.17428")
@@ -105,6 +106,25 @@ def hadamard(n: int, device=None, dtype=None) -> torch.Tensor:
     return h.to(device=device, dtype=dtype or torch.float32)
 
 
+def hadamard_factors(n: int, device=None, dtype=None) -> list[torch.Tensor]:
+    """Small ±1 matrices whose Kronecker product is :func:`hadamard` (n): the Paley part (order m, when m > 1) and
+    the Sylvester part 2^k, split in two above order 64 since Sylvester's H_{2^(a+b)} = H_{2^a} ⊗ H_{2^b} (384: 12
+    and 32; 4096: 64 and 64). ΔW = F H⁻¹ (Eq. (3)) is then applied by :func:`kron_matmul` in d_out·d_in·Σ orders
+    multiply-adds instead of d_out·d_in² with the dense H."""
+    m, orders = _factor_orders(n)
+    parts = [_paley(m)] if m > 1 else []
+    parts += [torch.from_numpy(scipy.linalg.hadamard(o)).double() for o in orders[1 if m > 1 else 0:]]
+    return [h.to(device=device, dtype=dtype or torch.float32) for h in parts]
+
+
+def _factor_orders(n: int) -> tuple[int, list[int]]:
+    """(m, the orders of :func:`hadamard_factors` (n)), from :func:`_order` without building any matrix."""
+    m, power = _order(n)
+    k = power.bit_length() - 1
+    sylvester = [1 << e for e in ((k - k // 2, k // 2) if power > 64 else (k,)) if e > 0]
+    return m, ([m] if m > 1 else []) + sylvester or [1]
+
+
 def ada_alloc(norms: torch.Tensor, budget: int, cap: int) -> torch.Tensor:
     """Per-channel counts ∝ norms (floored), leftovers to the smallest allocations, each ≤ cap."""
     share = norms / norms.sum().clamp_min(1e-30)
@@ -135,8 +155,9 @@ def _order(n: int) -> tuple[int, int]:
 def build_bytes(config: QWHAConfig, out_f: int, in_f: int) -> tuple[int, int]:
     """(bytes a float32 ``out_f``×``in_f`` layer keeps, bytes alive at the peak of building it), from the config.
 
-    Kept: W0 and the quantized copy of the base (8·d_out·d_in + 4·d_out for its bias), H (4·d_in²), and the
-    p = min(r(d_in + d_out), d_out·d_in) rows, columns (long) and coefficients (20·p). The peak is the largest of
+    Kept: W0 and the quantized copy of the base (8·d_out·d_in + 4·d_out for its bias), H (4·d_in²) and its Kronecker
+    factors (4·Σ orders², :func:`hadamard_factors`), and the p = min(r(d_in + d_out), d_out·d_in) rows, columns
+    (long) and coefficients (20·p). The peak is the largest of
     three phases, each on top of what is kept by then:
 
     * :func:`quantize`: the padded copy and two elementwise temporaries (RTN, 12 bytes an entry), or the
@@ -152,7 +173,7 @@ def build_bytes(config: QWHAConfig, out_f: int, in_f: int) -> tuple[int, int]:
     p = min(config.r * (in_f + out_f), out_f * in_f)
     padded = out_f * (in_f + (-in_f) % min(config.group_size, in_f))
     copies = 8 * out_f * in_f + 4 * out_f
-    kept = copies + 4 * in_f * in_f + 20 * p
+    kept = copies + 4 * in_f * in_f + 4 * sum(o * o for o in _factor_orders(in_f)[1]) + 20 * p
     quant = 12 * padded if config.quantizer == "rtn" else 4 * padded * (1 + 2 * 2 ** config.bits)
     m, power = _order(in_f)
     had = 18 * power * power if m == 1 else max(18 * power * power, 8 * power * power + 12 * in_f * in_f)
@@ -177,6 +198,10 @@ class QWHALayer(DenseDeltaLayer):
         n_in, n_out = base.in_features, base.out_features
         self.p = min(config.r * (n_in + n_out), n_in * n_out)
         self.register_buffer("H", hadamard(n_in, base.weight.device, base.weight.dtype), persistent=False)
+        parts = hadamard_factors(n_in, base.weight.device, base.weight.dtype)
+        self.hadamard_parts = len(parts)
+        for i, part in enumerate(parts):
+            self.register_buffer(f"H_part{i}", part, persistent=False)  # H = H_part0 ⊗ H_part1 ⊗ ⋯
         self.register_buffer("rows", torch.zeros(self.p, dtype=torch.long, device=base.weight.device))
         self.register_buffer("cols", torch.zeros(self.p, dtype=torch.long, device=base.weight.device))
         self.coefficients = nn.Parameter(torch.zeros(self.p, device=base.weight.device, dtype=base.weight.dtype))
@@ -218,10 +243,17 @@ class QWHALayer(DenseDeltaLayer):
             self.cols.copy_(torch.cat(cols).to(self.cols.device))
             self.coefficients.copy_(torch.cat(vals).to(self.coefficients.dtype))
 
+    def hadamard_parts_list(self) -> list[torch.Tensor]:
+        """The Kronecker factors of H (buffers ``H_part0``, ...): H = H_part0 ⊗ H_part1 ⊗ ⋯."""
+        return [getattr(self, f"H_part{i}") for i in range(self.hadamard_parts)]
+
     def delta_weight(self) -> torch.Tensor:
+        """ΔW = F H⁻¹ = F Hᵀ / d_in (Eq. (3)), F the sparse coefficients scattered at (rows, cols). H is applied
+        through its Kronecker factors (:func:`hadamard_factors`): the dense F Hᵀ was two d_out·d_in² products a step
+        (forward, and ∂L/∂F = ∂L/∂ΔW · H / d_in in the backward), the factored one is ≈ 9× fewer multiply-adds."""
         f = torch.zeros(self.out_features, self.in_features, device=self.coefficients.device,
                         dtype=self.coefficients.dtype).index_put((self.rows, self.cols), self.coefficients)
-        return f @ self.H.t() / self.in_features  # ΔW = F H⁻¹
+        return kron_matmul(f, self.hadamard_parts_list()) / self.in_features
 
     def inspect(self):
         with torch.no_grad():
