@@ -132,7 +132,9 @@ def _check_import(make_model, name, path, x, before):
         theirs = _out(loaded(**x) if isinstance(x, dict) else loaded(x))
         ours = _out(ad.model(**x) if isinstance(x, dict) else ad.model(x))
     torch.testing.assert_close(theirs, before, atol=1e-5, rtol=1e-5)  # PEFT's reload is faithful
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    # 2e-5: RandLoRA forms a dense ΔW where PEFT applies factors; over MiniLM's six layers float32's summation
+    # order left 1.1e-5 on one of 5,376 entries on a 2026-12-03 machine (a wrong import is off by far more)
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
     peft_modules = [n for n, m in loaded.base_model.model.named_modules() if hasattr(m, "base_layer")
                     and isinstance(m.base_layer, nn.Linear)]
     assert ad.module_names == peft_modules

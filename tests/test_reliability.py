@@ -428,9 +428,14 @@ def test_the_running_server_caps_uploads_and_hides_monitoring(tmp_path):
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
                 f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"0" * (over * 1024 * 1024) + \
             f"\r\n--{boundary}--\r\n".encode()
-        status = _request(f"{base}/gradio_api/upload", body,
-                          {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        assert status in (400, 413), f"a {over} MB upload was answered {status}"
+        try:
+            status = _request(f"{base}/gradio_api/upload", body,
+                              {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        except (ConnectionResetError, urllib.error.URLError) as exc:  # the server cut the upload off mid-body
+            if not isinstance(getattr(exc, "reason", exc), ConnectionResetError):
+                raise
+            status = "reset"  # seen under CI load: the 413 is sent and the socket closed before the client read it
+        assert status in (400, 413, "reset"), f"a {over} MB upload was answered {status}"
         small = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"s.bin\"\r\n"
                  f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"0" * 100 + \
             f"\r\n--{boundary}--\r\n".encode()
