@@ -1,4 +1,5 @@
-"""Claims of the rank-allocation papers (SoRA, AdaLoRA, Bayesian-LoRA, IncreLoRA, LoRA-Squeeze, CoDyRA), as data for
+"""Claims of the rank-allocation papers (SoRA, AdaLoRA, Bayesian-LoRA, IncreLoRA, LoRA-Squeeze, CoDyRA,
+DiffoRA), as data for
 the ledger (:mod:`workbench.claims`). Settings follow ``tests/test_rank_variants.py``, ``bench/lora_squeeze.py`` and
 ``bench/continual_digits.py``."""
 
@@ -56,4 +57,14 @@ CLAIMS = (
                "(task-incremental, CoDyRA's MTIL protocol) right after stage 0 minus after the last stage. The "
                "'similar new-task accuracy' half is not tested (the bench prints each stage's accuracy). 6 seeds: "
                "the forgetting varies by ±0.1 between seeds, and 3 left the interval ±0.22 wide."),
+    Claim(name="diffora-keeps-the-modules-that-need-an-update", variant="diffora",
+          statement="DiffoRA's differentiable module selection (a continuous relaxation of the module-wise "
+                    "adaptation matrix, then discretised) keeps the modules that need an update.",
+          source="Jiang, Wang, Yuan 2025, §3 (DMRA), Table 1", task=MIXED,
+          settings={"steps": 400, "lr": 1e-2, "every": 50}, presets=False,
+          arms={"a": Arm("diffora", {"r": 8, "keep": 2 / 6}, label="diffora keep 2 of 6")},
+          statistic="allocation_spearman", direction="greater", threshold=0.0,
+          note=f"{ALLOCATION} (a kept module has rank 8, a dropped one 0), as tests/test_rank_variants.py; keeping "
+               f"the two modules of largest true rank (16 and 8) gives ρ = 0.83. The paper's own claim is accuracy "
+               f"on GLUE against other adaptive-rank methods; this tests the selection it rests on."),
 )
