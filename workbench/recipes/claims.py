@@ -1,5 +1,5 @@
 """Claims of the optimizer recipes' papers (LoRA-GGPO, LoRA-Pro, AltLoRA, ALLoRA), as data for the ledger
-Settings follow ``bench/sharpness.py``."""
+(:mod:`workbench.claims`). Settings follow ``bench/sharpness.py``."""
 
 from ..claims.claim import Arm, Claim
 
