@@ -288,3 +288,37 @@ def test_the_polynomial_approximates_attention_below_the_threshold_and_not_above
 def test_cli_refuses_a_thread_count_below_one(capsys):
     assert main(["claims", "lora-sb-beats-lora-xs", "--threads", "0", "--root", str(ROOT)]) == 2
     assert "--threads=0 is invalid; --threads must be an integer ≥ 1" in capsys.readouterr().err
+
+
+def test_the_unified_study_experiment_runs_the_tuned_study_on_the_seed_and_takes_each_arms_median(monkeypatch):
+    """The unified-study experiment (He et al.'s claim): one tuned study per seed, that seed as training and data seed,
+    and each arm's value the median of its variants' test metric. A real small study, checked against the study's
+    own summary, with a variant whose every run fails left out of the median."""
+    import sys
+
+    from workbench.claims.experiments import unified_study
+
+    S = sys.modules["workbench.study"]  # the module (``workbench.study`` the attribute is the function)
+
+    claim = fake_claim([0, 0], [0, 0], statistic_options={}, experiment="unified-study", task="synthetic:lowrank",
+                       settings={"steps": 4, "batch_size": 8},
+                       arms={"a": ("lora", {"variants": ["lora"]}), "b": ("lora", {"variants": ["dora", "vera",
+                                                                                                "pissa"]})})
+    calls = []
+    real = S.run_study
+
+    def spy(task, variants, **kw):
+        st = real(task, variants, **kw)
+        calls.append((task, variants, kw, st.summary))
+        st.summary.loc[st.summary["variant"] == "pissa", "metric_value_mean"] = math.nan  # as if every run failed
+        return st
+
+    monkeypatch.setattr(S, "run_study", spy)
+    out = unified_study(claim, 1)
+    (task, variants, kw, summary), = calls
+    assert task == "synthetic:lowrank" and variants == ["lora", "dora", "vera", "pissa"]
+    assert kw["protocols"] == ("tuned",) and kw["seeds"] == [1] and kw["data_seeds"] == [1]
+    assert set(summary["split"]) == {"test"}
+    metric = dict(zip(summary["variant"], summary["metric_value_mean"]))
+    assert out["a"] == metric["lora"]
+    assert out["b"] == pytest.approx(np.median([metric["dora"], metric["vera"]]))  # pissa left out

@@ -3,7 +3,7 @@
 Most claims train each arm once per seed and read a statistic from the run (:mod:`workbench.claims.statistics`).
 Some do not fit that shape: a sequence of stages merged in turn (CoDyRA), a generator fitted on many runs and
 compared with the stored checkpoints (ICM-LoRA), two updates trained apart and composed (Litschko et al.), a
-computation with no training at all (Hu et al.'s computational limits). Such a claim names an experiment
+computation with no training at all (Hu et al.'s computational limits), a whole tuned study (He et al.). Such a claim names an experiment
 (``Claim.experiment``); :func:`workbench.claims.runner.run_claim` calls it once per seed, and it returns the value
 of every arm for that seed (one call, so work both arms share, such as a collection of checkpoints, is done once).
 
@@ -146,3 +146,25 @@ def attention_polynomial_error(claim, seed: int, seq_len: int = 1024, degree: in
 
     return {k: taylor_attention_error(float(arm.config["gamma_factor"]), seq_len=seq_len, degree=degree, seed=seed)
             for k, arm in claim.arms.items()}
+
+
+@register_experiment("unified-study")
+def unified_study(claim, seed: int, budget: int | None = None) -> dict[str, float]:
+    """He et al.'s protocol at small scale (:func:`workbench.study.run_study`, the ``tuned`` protocol of
+    ``bench/study.py``): every variant any arm lists in ``config["variants"]`` at its own rate, swept on ``val``, at
+    the matched trainable ``budget``, with training seed and data seed both ``seed`` (the digits' val/test division
+    changes with it), scored on ``test``; per arm, the median of its variants' test metric (a variant with no
+    completed run is left out of the median)."""
+    import numpy as np
+
+    from ..study import run_study
+
+    names = list(dict.fromkeys(v for arm in claim.arms.values() for v in arm.config["variants"]))
+    st = run_study(claim.task, names, protocols=("tuned",), seeds=[seed], data_seeds=[seed], budget=budget,
+                   settings=dict(claim.settings), probes=())
+    metric = dict(zip(st.summary["variant"], st.summary["metric_value_mean"]))
+    out = {}
+    for k, arm in claim.arms.items():
+        values = [metric[v] for v in arm.config["variants"] if math.isfinite(metric.get(v, math.nan))]
+        out[k] = float(np.median(values)) if values else math.nan
+    return out
