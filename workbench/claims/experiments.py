@@ -3,9 +3,10 @@
 Most claims train each arm once per seed and read a statistic from the run (:mod:`workbench.claims.statistics`).
 Some do not fit that shape: a sequence of stages merged in turn (CoDyRA), a generator fitted on many runs and
 compared with the stored checkpoints (ICM-LoRA), two updates trained apart and composed (Litschko et al.), a
-computation with no training at all (Hu et al.'s computational limits), a whole tuned study (He et al.). Such a claim names an experiment
-(``Claim.experiment``); :func:`workbench.claims.runner.run_claim` calls it once per seed, and it returns the value
-of every arm for that seed (one call, so work both arms share, such as a collection of checkpoints, is done once).
+computation with no training at all (Hu et al.'s computational limits), a whole tuned study (He et al.). Such a
+claim names an experiment (``Claim.experiment``); :func:`workbench.claims.runner.run_claim` calls it once per seed,
+and it returns the value of every arm for that seed (one call, so work both arms share, such as a collection of
+checkpoints, is done once).
 
 Each experiment is a thin reader of a library function that the matching ``bench/`` script also calls, so the
 bench's table and the claim's verdict come from one implementation. The arms' ``config`` and ``settings`` are what
