@@ -295,3 +295,31 @@ def test_kron_matmul_is_the_product_with_the_kronecker_matrix():
     x = torch.randn(3, 2, 24, dtype=torch.float64, generator=g)
     full = torch.kron(torch.kron(factors[0], factors[1]), factors[2])
     torch.testing.assert_close(kron_matmul(x, factors), x @ full.t(), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(32, 24), (33, 25), (7, 4), (1, 6)])
+def test_fourierft_half_spectrum_delta_equals_the_complex_inverse_fft_and_its_gradient(shape):
+    """Issue 24: ΔW by a real inverse FFT of the Hermitian half spectrum equals PEFT's α·Re(ifft2(F)), values and
+    the coefficients' gradient, for even and odd sizes and with self-conjugate entries ((0, 0), (d/2, ·)) drawn."""
+    d_out, d_in = shape
+    n = min(40, d_out * d_in)
+    ad = wb.adapt(torch.nn.Sequential(torch.nn.Linear(d_in, d_out)), "fourierft", ["0"], n_frequency=n)
+    layer = next(layer for _, layer in ad.named_layers())
+    entries = layer.entries.clone()
+    entries[:, 0] = 0  # (0, 0) and (d_out/2, d_in/2)-like bins are their own conjugates
+    entries[:, 1] = torch.tensor([d_out // 2, d_in // 2])
+    entries = torch.unique(entries, dim=1)
+    from workbench.variants.frequency.fourierft import hermitian_entries
+
+    layer.entries = entries
+    layer.half_entries, layer.half_source = hermitian_entries(entries, d_out, d_in)
+    layer.spectrum = torch.nn.Parameter(torch.randn(entries.shape[1], generator=torch.Generator().manual_seed(1)))
+    ours = layer.delta_weight()
+    ref_c = layer.spectrum.detach().clone().requires_grad_(True)
+    dense = torch.zeros(d_out, d_in).index_put((entries[0], entries[1]), ref_c)
+    ref = torch.fft.ifft2(dense).real * layer.config.scaling
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn(d_out, d_in, generator=torch.Generator().manual_seed(2))
+    (ours * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(layer.spectrum.grad, ref_c.grad, atol=1e-4, rtol=1e-5)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import rng
+from ...settings import Preset
 from ...variant import Variant, VariantConfig, VariantLayer, param, register
 
 PAPER = ("Ni et al., 2026, Frequency-aware low-rank adaptation in FCL-COD (camouflaged object detection with SAM), "
@@ -37,7 +38,9 @@ PAPER = ("Ni et al., 2026, Frequency-aware low-rank adaptation in FCL-COD (camou
 class FoRAConfig(VariantConfig):
     r: int = param(8, low=1, high=min, help="bottleneck width")
     layout: str = param("auto", choices=("auto", "1d", "2d"),
-                        help="token layout: a square patch grid (2d), a sequence (1d), or decided per input (auto)")
+                        help="token layout: a square patch grid (2d), a sequence (1d), or decided per input (auto: "
+                             "a square number of tokens, after at most one leading [CLS], is taken as a grid, so "
+                             "text models should say 1d; the text tasks' preset does)")
 
 
 class FoRALayer(VariantLayer):
@@ -135,3 +138,8 @@ class FoRA(Variant):
     example_config = {"r": 4}
     notes = ("Init, complex handling (real/imag channels), the residual in S_fre and the 1-D version for sequences "
              "are our choices (paper not readable here). Not mergeable: no ΔW.")
+    presets = tuple(
+        Preset(task, config={"layout": "1d"},
+               reason="text tokens are a sequence: with layout auto, a batch padded to 16, 25, 36, 49 or 64 tokens "
+                      "would be mixed as a square image grid and any other length as a sequence")
+        for task in ("text:*",))
