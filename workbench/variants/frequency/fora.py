@@ -108,7 +108,7 @@ class FoRALayer(VariantLayer):
             skip, side = grid
             body = z[:, :, skip:].reshape(z.shape[0], z.shape[1], side, side)
             body = self._frequency(self._spatial(body)).flatten(2)
-            z = torch.cat([z[:, :, :skip], body], dim=2)
+            z = torch.cat([z[:, :, :skip], body], dim=2) if skip else body
         else:
             z = self._frequency(self._spatial(z))
         out = F.linear(z.transpose(1, 2), self.up).reshape(*lead, n, -1)
