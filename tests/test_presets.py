@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 from scipy.stats import spearmanr
 
 import workbench as wb
@@ -20,7 +21,10 @@ from workbench.variant import get_variant, variant_names
 
 # the tasks a preset pattern is checked on: the first one where that preset is the one chosen (an exact-name preset
 # may shadow the pattern on the first); a pattern not listed here fails the test (nothing is skipped)
-REPRESENTATIVE = {"synthetic:*": ("synthetic:lowrank", "synthetic:mixed"), "digits:*": ("digits:rotate",)}
+REPRESENTATIVE = {"synthetic:*": ("synthetic:lowrank", "synthetic:mixed"), "digits:*": ("digits:rotate",),
+                  "text:*": ("text:sst2",)}
+#: options a representative task needs to be built offline (the SST-2 files beside the repository)
+TASK_OPTIONS = {"text:sst2": {"data_dir": str(SHARED_DATA / "sst2")}}
 ALL_PRESETS = [(name, preset) for name in variant_names() for preset in get_variant(name).presets]
 
 
@@ -32,7 +36,7 @@ def _task_for(vcls, preset: Preset):
                                            f"REPRESENTATIVE in tests/test_presets.py")
     for name in REPRESENTATIVE[preset.task]:
         if find_preset(vcls.presets, name) is preset:
-            return wb.tasks.get(name)
+            return wb.tasks.get(name, **TASK_OPTIONS.get(name, {}))
     raise AssertionError(f"{vcls.name}'s preset {preset.task!r} is shadowed on every one of "
                          f"{REPRESENTATIVE[preset.task]}")
 
