@@ -52,7 +52,7 @@ def main(argv=None) -> None:
         slug = name.replace(":", "-")
         export_csv(s, out / f"{slug}.csv")
         for cost in ("params", "time", "memory"):
-            figures.pareto(s, cost).write_html(out / f"{slug}-pareto-{cost}.html", include_plotlyjs="cdn")
+            figures.pareto(s, cost).write_html(out / f"{slug}-pareto-{cost}.html", include_plotlyjs="directory")
         took = time.perf_counter() - started
         print(f"\n{name}: {s.attrs.get('split')} split, rates chosen on val; spread: {s.attrs.get('spread')}; "
               f"budget {budget}; {len(st.table)} rows from {st.table.run_id.nunique()} runs in {took:.0f} s")

@@ -265,3 +265,16 @@ def test_vera_dense_forward_matches_the_formula_and_keeps_dropout_on_the_factore
     dropped.delta_forward = lambda x: calls.append(x) or torch.zeros(*x.shape[:-1], dropped.out_features)
     dropped(torch.randn(2, 32))
     assert len(calls) == 1
+
+
+def test_randlora_alpha_unset_is_twenty_times_the_rank_so_a_budget_search_keeps_the_scale():
+    """Issue 19's study: compare(budget=...) lowers RandLoRA's r, and a fixed α = 640 then scaled the update by
+    640 / r (160 at r = 4: every swept rate failed on digits). Unset, α is PEFT's "typically 20 times the rank"
+    (640 at its r = 32); a given α is kept."""
+    def scale(**config):
+        ad = wb.adapt(tiny_model(), "randlora", ["0"], **config)
+        return next(layer for _, layer in ad.named_layers()).scaling
+
+    assert scale(r=4) == scale(r=16) == 20.0
+    assert scale(r=8, alpha=160.0) == 20.0 and scale(r=4, alpha=640.0) == 160.0
+    assert wb.get_variant("randlora").Config().alpha is None
