@@ -64,12 +64,13 @@ class FourierFTLayer(DenseDeltaLayer):
     def __init__(self, base: nn.Linear, config: FourierFTConfig, shared=None, name: str = ""):
         super().__init__(base, config, shared, name)
         n = config.n_frequency
-        self.register_buffer("entries", spectral_entries(base.out_features, base.in_features, n,
-                                                         config.random_loc_seed).to(base.weight.device),
-                             persistent=False)
-        half, source = hermitian_entries(self.entries, base.out_features, base.in_features)
-        self.register_buffer("half_entries", half, persistent=False)
-        self.register_buffer("half_source", source, persistent=False)
+        with torch.device("cpu"):  # real values (the memory estimate builds layers on "meta"), then moved
+            entries = spectral_entries(base.out_features, base.in_features, n, config.random_loc_seed).cpu()
+            half, source = hermitian_entries(entries, base.out_features, base.in_features)
+        dev = base.weight.device
+        self.register_buffer("entries", entries.to(dev), persistent=False)
+        self.register_buffer("half_entries", half.to(dev), persistent=False)
+        self.register_buffer("half_source", source.to(dev), persistent=False)
         init = torch.zeros(n) if config.init_zero else torch.randn(n, generator=rng.generator())
         self.spectrum = nn.Parameter(init.to(base.weight.device, base.weight.dtype))
 
